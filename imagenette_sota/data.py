@@ -1,0 +1,273 @@
+"""ImagenetteDataModule: download, verify, extract, presize on the CPU, augment whole batches on the device."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from imagenette_sota import augment as aug
+from imagenette_sota.catalog import class_names, release
+from imagenette_sota.dataset import PresizedImages, collate_skipping, noisy_labels, scan_split
+from imagenette_sota.download import (
+    archive_stem,
+    download,
+    extract,
+    is_remote,
+    local_path,
+    remove_stale,
+    verify,
+)
+
+log = logging.getLogger(__name__)
+
+
+class ImagenetteDataModule(L.LightningDataModule):
+    """Imagenette / Imagewoof with CPU presizing and one-resample batch augmentation on the accelerator.
+
+    ``train_size``, ``val_size`` and ``batch_size`` are public and may change between epochs (progressive
+    resizing sets them); a new ``batch_size`` takes effect when the train loader is rebuilt.
+    """
+
+    def __init__(
+        self,
+        dataset: str = "imagenette2-160",
+        root: str | Path = "data",
+        url: str | None = None,
+        md5: str | None = None,
+        presize: int = 160,
+        train_size: int = 128,
+        val_size: int | None = None,
+        batch_size: int = 64,
+        val_batch_size: int | None = None,
+        num_workers: int | None = None,
+        noisy_labels: Literal[0, 1, 5, 25, 50] = 0,
+        augment: aug.Augment | None = aug.Augment(),
+        normalize: Literal["imagenet", "batch", "none"] = "imagenet",
+        skip_bad_images: bool = False,
+    ) -> None:
+        """Args:
+        dataset: official release (imagenette2, imagenette2-320, imagenette2-160, imagewoof2[-320|-160]).
+        root: folder that holds the extracted dataset (or is itself a folder with train/ and val/).
+        url: another source for the archive: an http(s) URL or a local .tgz path (an offline mirror).
+        md5: checksum of the archive at ``url``; the official checksum is used when ``url`` is not given.
+        presize: square side (px) each image is cropped and resized to on the CPU (fastai ``Resize``).
+        train_size: side (px) of augmented training images. val_size: of validation images (None: train_size).
+        batch_size: training batch per device. val_batch_size: per device (None: 2 x batch_size, no grads).
+        num_workers: DataLoader processes (None: one per CPU core).
+        noisy_labels: train on Imagenette's noisy labels with this percentage of wrong labels.
+        augment: training augmentation (None: train images are only resized, like validation).
+        normalize: ImageNet statistics, statistics of the first training batch, or none.
+        skip_bad_images: skip undecodable images with a warning instead of stopping with an error.
+        """
+        super().__init__()
+        for name, value in (("presize", presize), ("train_size", train_size), ("batch_size", batch_size)):
+            if value < 1:
+                raise ValueError(f"{name}={value} must be a positive integer")
+        self.dataset, self.root, self.url, self.md5 = dataset, Path(root), url, md5
+        self.release = release(dataset)
+        self.presize, self.train_size, self.val_size = presize, train_size, val_size
+        self.batch_size, self.val_batch_size = batch_size, val_batch_size
+        self.num_workers = (os.cpu_count() or 1) if num_workers is None else num_workers
+        self.noisy_labels, self.augment, self.normalize = noisy_labels, augment, normalize
+        self.skip_bad_images = skip_bad_images
+        self.mean, self.std = (torch.tensor(aug.IMAGENET_MEAN), torch.tensor(aug.IMAGENET_STD))
+        self._stats_fitted = normalize != "batch"
+        self.train_set: PresizedImages | None = None
+        self.val_set: PresizedImages | None = None
+
+    # --- where the data is -------------------------------------------------------------------------------
+    @property
+    def source(self) -> str:
+        """The archive's URL or local path."""
+        return self.url or self.release.url
+
+    @property
+    def data_dir(self) -> Path:
+        """The extracted dataset folder (holding train/ and val/)."""
+        if (self.root / "train").is_dir() and (self.root / "val").is_dir():
+            return self.root
+        return self.root / archive_stem(self.source)
+
+    @property
+    def classes(self) -> list[str]:
+        """Class folder names (wnids), sorted: from the folders once extracted, else from the release."""
+        train = self.data_dir / "train"
+        if train.is_dir():
+            return sorted(p.name for p in train.iterdir() if p.is_dir())
+        return list(class_names(self.dataset))
+
+    @property
+    def class_names(self) -> list[str]:
+        """Human-readable class names in label order."""
+        names = class_names(self.dataset)
+        return [names.get(wnid, wnid) for wnid in self.classes]
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes, derived from the folders (or the release before download)."""
+        return len(self.classes)
+
+    def prepare_data(self) -> None:
+        """Download, verify and extract once (rank 0); an existing extracted folder is used as it is."""
+        if self.data_dir.is_dir():
+            return
+        folder = archive_stem(self.source)
+        remove_stale(self.root, folder)
+        if is_remote(self.source):
+            archive = self.root / Path(self.source).name
+            checks = self._checksums()
+            if archive.is_file():
+                try:
+                    verify(archive, **checks)
+                except Exception as e:
+                    log.warning("%s; downloading it again", e)
+                    archive.unlink()
+            if not archive.is_file():
+                log.info("downloading %s to %s", self.source, archive)
+                download(self.source, archive)
+                try:
+                    verify(archive, **checks)
+                except Exception:
+                    archive.unlink()  # never keep (or extract) a bad download
+                    raise
+        else:
+            archive = local_path(self.source)
+            if not archive.is_file():
+                raise FileNotFoundError(f"archive {archive} does not exist: check the url/path you gave")
+            verify(archive, **self._checksums())
+        log.info("extracting %s to %s", archive, self.root / folder)
+        extract(archive, self.root, folder)
+
+    def _checksums(self) -> dict[str, Any]:
+        if self.url is None:
+            return {"md5": self.release.md5, "size": self.release.size, "head_md5": self.release.head_md5}
+        if self.md5 is None:
+            log.warning("no md5 given for %s: the archive is not verified", self.url)
+        return {"md5": self.md5}
+
+    # --- datasets and loaders ----------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        """Index the train/val folders (and the noisy labels if asked)."""
+        if not self.data_dir.is_dir():
+            raise FileNotFoundError(
+                f"{self.data_dir} does not exist: call prepare_data() (the Trainer does) or point root at it"
+            )
+        classes = self.classes
+        train_items = scan_split(self.data_dir / "train", classes)
+        if self.noisy_labels:
+            train_items = self._relabel(train_items, classes)
+        val_items = scan_split(self.data_dir / "val", classes)
+        self.train_set = PresizedImages(train_items, self.presize, train=True, skip_bad_images=self.skip_bad_images)
+        self.val_set = PresizedImages(val_items, self.presize, train=False, skip_bad_images=self.skip_bad_images)
+
+    def _relabel(self, items: list[tuple[Path, int]], classes: list[str]) -> list[tuple[Path, int]]:
+        csvs = sorted(self.data_dir.glob("noisy_*.csv"))
+        if not csvs:
+            raise FileNotFoundError(f"{self.data_dir} has no noisy_*.csv: noisy_labels needs the official CSV")
+        labels = noisy_labels(csvs[0], self.noisy_labels, classes)
+        relabelled = []
+        for path, _ in items:
+            key = path.relative_to(self.data_dir).as_posix()
+            if key not in labels:
+                raise KeyError(f"{csvs[0]} has no row for {key}: use the CSV that came with this dataset")
+            relabelled.append((path, labels[key]))
+        changed = sum(a[1] != b[1] for a, b in zip(items, relabelled, strict=True))
+        log.info(
+            "noisy_labels=%d: %d of %d training labels differ from the folders",
+            self.noisy_labels,
+            changed,
+            len(items),
+        )
+        return relabelled
+
+    def _loader(self, dataset: PresizedImages | None, batch_size: int, train: bool) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError("call setup() before asking for a dataloader")
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=train,
+            drop_last=train,
+            num_workers=self.num_workers,
+            collate_fn=collate_skipping,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled uint8 batches of ``batch_size`` (the last partial batch is dropped)."""
+        return self._loader(self.train_set, self.batch_size, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        """Centre-presized uint8 validation batches, in dataset order."""
+        return self._loader(self.val_set, self.val_batch_size or 2 * self.batch_size, train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        """The official val split (Imagenette has no separate test labels)."""
+        return self.val_dataloader()
+
+    def predict_dataloader(self) -> DataLoader:
+        """The val split, for predictions and test-time augmentation."""
+        return self.val_dataloader()
+
+    # --- on the device -----------------------------------------------------------------------------------
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> tuple[Tensor, Tensor]:
+        """The only place pixels change on the device: augment (training) or resize (otherwise), normalize."""
+        x, y = batch
+        training = self.trainer is not None and self.trainer.training
+        return self.train_transform(x) if training else self.val_transform(x), y
+
+    def train_transform(self, x: Tensor) -> Tensor:
+        """uint8 presized batch -> augmented, normalized float batch at ``train_size``."""
+        out = self.augment(x, self.train_size) if self.augment else aug.resize(aug.to_float(x), self.train_size)
+        if not self._stats_fitted:
+            self.fit_stats(out)
+        return self._normalize(out)
+
+    def val_transform(self, x: Tensor) -> Tensor:
+        """uint8 presized batch -> centre view at ``val_size``, normalized; no randomness."""
+        return self._normalize(aug.resize(aug.to_float(x), self.val_size or self.train_size))
+
+    def fit_stats(self, x: Tensor) -> None:
+        """Per-channel mean and std of a float batch in [0, 1], used from then on (fastai ``Normalize()``)."""
+        mean, std = x.mean(dim=(0, 2, 3)), x.std(dim=(0, 2, 3))
+        if self.trainer is not None:  # every rank must normalize alike: average the ranks' estimates
+            mean, std = (
+                self.trainer.strategy.reduce(mean, reduce_op="mean"),
+                self.trainer.strategy.reduce(std, reduce_op="mean"),
+            )
+        self.mean, self.std = mean.cpu(), std.cpu()
+        self._stats_fitted = True
+        log.info("normalization statistics from a batch: mean %s std %s", self.mean.tolist(), self.std.tolist())
+
+    def _normalize(self, x: Tensor) -> Tensor:
+        return x if self.normalize == "none" else aug.normalize(x, self.mean, self.std)
+
+    # --- checkpoints -------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run must restore: current sizes, batch size and normalization statistics."""
+        return {
+            "train_size": self.train_size,
+            "val_size": self.val_size,
+            "batch_size": self.batch_size,
+            "mean": self.mean.tolist(),
+            "std": self.std.tolist(),
+            "stats_fitted": self._stats_fitted,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` saved."""
+        self.train_size, self.val_size, self.batch_size = (
+            state["train_size"],
+            state["val_size"],
+            state["batch_size"],
+        )
+        self.mean, self.std = torch.tensor(state["mean"]), torch.tensor(state["std"])
+        self._stats_fitted = state["stats_fitted"]

@@ -1,0 +1,137 @@
+"""Atomic download, checksum verification and safe extraction of a dataset archive."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tarfile
+import urllib.parse
+import urllib.request
+import uuid
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+log = logging.getLogger(__name__)
+
+_CHUNK = 1 << 20
+
+
+class ChecksumError(RuntimeError):
+    """The archive on disk is not the one that was asked for."""
+
+
+class UnsafeArchiveError(RuntimeError):
+    """The archive holds a member that would escape the destination or is a link."""
+
+
+def is_remote(url: str) -> bool:
+    """Whether ``url`` must be fetched over the network (http/https/ftp) rather than read from disk."""
+    return urllib.parse.urlparse(url).scheme in {"http", "https", "ftp"}
+
+
+def local_path(url: str) -> Path:
+    """A local path or ``file://`` URL as a Path."""
+    parsed = urllib.parse.urlparse(url)
+    return Path(urllib.request.url2pathname(parsed.path)) if parsed.scheme == "file" else Path(url)
+
+
+def archive_stem(url: str) -> str:
+    """``.../imagenette2-160.tgz`` -> ``imagenette2-160``: the folder the archive unpacks to."""
+    name = Path(urllib.parse.urlparse(url).path).name
+    for suffix in (".tar.gz", ".tgz", ".tar"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    raise ValueError(f"{url!r} is not a .tgz, .tar.gz or .tar archive")
+
+
+def md5sum(path: Path, limit: int | None = None) -> str:
+    """md5 of the file, or of its first ``limit`` bytes."""
+    digest, left = hashlib.md5(usedforsecurity=False), limit
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK if left is None else min(_CHUNK, left)):
+            digest.update(chunk)
+            if left is not None:
+                left -= len(chunk)
+    return digest.hexdigest()
+
+
+def verify(path: Path, md5: str | None = None, size: int | None = None, head_md5: str | None = None) -> None:
+    """Raise ChecksumError unless ``path`` matches every check given (full md5, size, md5 of the first MiB)."""
+    problems = []
+    if size is not None and (actual := path.stat().st_size) != size:
+        problems.append(f"size {actual} bytes, expected {size}")
+    if head_md5 is not None and (actual := md5sum(path, _CHUNK)) != head_md5:
+        problems.append(f"md5 of the first MiB {actual}, expected {head_md5}")
+    if md5 is not None and (actual := md5sum(path)) != md5:
+        problems.append(f"md5 {actual}, expected {md5}")
+    if problems:
+        raise ChecksumError(
+            f"{path}: {'; '.join(problems)}. The file is corrupt or not the archive you meant: delete it and "
+            "download again, or give the checksum of your own mirror (md5=...)."
+        )
+
+
+def download(url: str, dest: Path, timeout: float = 60.0, progress: bool = True) -> Path:
+    """Fetch ``url`` to ``dest`` atomically: bytes go to a ``.part`` file renamed into place when complete."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response, open(part, "wb") as out:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, disable=not progress) as bar:
+                while chunk := response.read(_CHUNK):
+                    out.write(chunk)
+                    bar.update(len(chunk))
+            out.flush()
+            os.fsync(out.fileno())
+        if total is not None and part.stat().st_size != total:
+            raise ConnectionError(f"{url}: got {part.stat().st_size} of {total} bytes; run again to retry")
+        os.replace(part, dest)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    return dest
+
+
+def _refuse_links(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo | None:
+    """tarfile's ``data`` filter (no absolute paths, no ``..``, no special files), and no links at all."""
+    if member.issym() or member.islnk():
+        raise tarfile.FilterError(f"member {member.name!r} is a link")
+    return tarfile.data_filter(member, path)
+
+
+def extract(archive: Path, root: Path, folder: str) -> Path:
+    """Unpack ``archive`` (holding ``folder/...``) into ``root/folder`` atomically and return that path.
+
+    Members go to a temporary sibling folder that is renamed into place only when extraction finished,
+    so an interrupted run never leaves a half dataset under ``root/folder``.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    target = root / folder
+    tmp = root / f".{folder}.extracting-{uuid.uuid4().hex[:8]}"
+    try:
+        with tarfile.open(archive) as tar:
+            tar.extractall(tmp, filter=_refuse_links)
+        if not (tmp / folder).is_dir():
+            found = sorted(p.name for p in tmp.iterdir())
+            raise UnsafeArchiveError(f"{archive}: expected a top-level folder {folder!r}, found {found}")
+        os.replace(tmp / folder, target)
+    except tarfile.FilterError as e:
+        raise UnsafeArchiveError(f"{archive}: refusing to extract: {e}. The archive is unsafe; do not use it.") from e
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise RuntimeError(f"{archive}: cannot extract ({e}). Delete it so that it is downloaded again.") from e
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def remove_stale(root: Path, folder: str) -> None:
+    """Delete what an interrupted extraction or download of ``folder`` left behind."""
+    if not root.is_dir():
+        return
+    for leftover in root.glob(f".{folder}.extracting-*"):
+        log.warning("removing %s left by an interrupted extraction", leftover)
+        shutil.rmtree(leftover, ignore_errors=True)

@@ -1,0 +1,74 @@
+"""fastai's optimizer (Adam, decoupled weight decay, none on norms/biases) and its one-cycle schedule.
+
+The one-cycle is torch's ``OneCycleLR``, which indexes the cycle differently from fastai by one step: fastai
+sets batch ``i`` of ``n`` at position ``i / n`` of the cycle (the last batch stops one step short of
+``lr_max / div_final``, the peak falls on batch ``pct_start * n``), while ``OneCycleLR`` runs from step 0 to
+step ``n - 1`` (the last batch gets exactly ``lr_max / div_final``, the peak falls on step
+``pct_start * n - 1``). Both start at ``lr_max / div``; the difference is one step in ``n``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import OneCycleLR
+
+BETAS = (0.9, 0.99)
+EPS = 1e-5
+MOMS = (0.95, 0.85)  # beta1 at the start and end of the cycle, and at its peak
+FUSED_DEVICES = ("cpu", "cuda", "mps", "xpu")  # device types with torch's fused AdamW kernel
+
+
+@dataclass(frozen=True)
+class Cycle:
+    """One fastai one-cycle: lr_max/div -> lr_max (cosine, first pct_start) -> lr_max/div_final (cosine)."""
+
+    lr_max: float
+    pct_start: float = 0.25
+    div: float = 25.0
+    div_final: float = 1e5
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Split trainable parameters: weight decay on matrices and kernels (ndim >= 2), none on norms and biases."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+
+
+def adam(model: nn.Module, lr: float, weight_decay: float = 0.01) -> torch.optim.AdamW:
+    """fastai's Adam with true weight decay: AdamW(betas=(0.9, 0.99), eps=1e-5), fused kernel where supported."""
+    groups = param_groups(model, weight_decay)
+    # The fused kernel is ~7x faster than the per-tensor loop on a 2-core CPU; elsewhere torch picks foreach.
+    fused = all(p.device.type in FUSED_DEVICES for g in groups for p in g["params"]) or None
+    return torch.optim.AdamW(groups, lr=lr, betas=BETAS, eps=EPS, fused=fused)
+
+
+def one_cycle(optimizer: torch.optim.Optimizer, cycle: Cycle, total_steps: int) -> OneCycleLR:
+    """Start `cycle` on `optimizer` over `total_steps` batches (replaces any previous cycle's lr and beta1)."""
+    return OneCycleLR(
+        optimizer,
+        max_lr=cycle.lr_max,
+        total_steps=int(total_steps),
+        pct_start=cycle.pct_start,
+        anneal_strategy="cos",
+        cycle_momentum=True,
+        base_momentum=MOMS[1],
+        max_momentum=MOMS[0],
+        div_factor=cycle.div,
+        final_div_factor=cycle.div_final / cycle.div,  # OneCycleLR's final lr is its initial lr / this
+        three_phase=False,
+    )
+
+
+def fine_tune(epochs: int, base_lr: float = 2e-3, freeze_epochs: int = 1) -> tuple[tuple[int, Cycle], ...]:
+    """fastai's fine_tune as (epochs, cycle) pairs; the freeze is a no-op for a network trained from scratch."""
+    return (
+        (freeze_epochs, Cycle(base_lr, pct_start=0.99)),
+        (epochs, Cycle(base_lr / 2, pct_start=0.3, div=5.0)),
+    )

@@ -1,0 +1,40 @@
+"""Shared fixtures: the real Imagenette archives in ../shared/data, extracted once per session."""
+
+from __future__ import annotations
+
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+
+# The archives live beside the repository (../shared/data); IMAGENETTE_SHARED_DATA overrides.
+SHARED_DATA = Path(os.environ.get("IMAGENETTE_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+MINI_ARCHIVE = SHARED_DATA / "imagenette2-160-mini.tgz"
+FULL_ARCHIVE = SHARED_DATA / "imagenette2-160.tgz"
+# Checksums of the repacked local archives (../shared/data/README.md), not of the official downloads.
+MINI_MD5 = "ccd053d1de8a33be1698e43ec9141c1b"
+FULL_MD5 = "a335af0f5540a0fcdaca27d122aebf4a"
+
+
+@pytest.fixture(scope="session")
+def mini_archive() -> Path:
+    """Path of the 300-image archive (20 train + 10 val images per class)."""
+    if not MINI_ARCHIVE.is_file():
+        pytest.fail(f"{MINI_ARCHIVE} is missing: set IMAGENETTE_SHARED_DATA to the folder holding it")
+    return MINI_ARCHIVE
+
+
+@pytest.fixture(scope="session")
+def mini_root(mini_archive: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data root holding the extracted mini archive: <root>/imagenette2-160-mini/{train,val}."""
+    root = tmp_path_factory.mktemp("data")
+    with tarfile.open(mini_archive) as tar:
+        tar.extractall(root, filter="data")
+    return root
+
+
+@pytest.fixture(scope="session")
+def mini_dir(mini_root: Path) -> Path:
+    """The extracted mini dataset folder itself."""
+    return mini_root / "imagenette2-160-mini"
