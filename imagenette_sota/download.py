@@ -96,10 +96,12 @@ def download(url: str, dest: Path, timeout: float = 60.0, progress: bool = True)
     return dest
 
 
-def _refuse_links(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo | None:
-    """tarfile's ``data`` filter (no absolute paths, no ``..``, no special files), and no links at all."""
+def _refuse_unsafe(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo | None:
+    """tarfile's ``data`` filter (no ``..``, no special files), and no absolute paths or links at all."""
     if member.issym() or member.islnk():
         raise tarfile.FilterError(f"member {member.name!r} is a link")
+    if os.path.isabs(member.name):  # the data filter would silently make it relative: refuse instead
+        raise tarfile.FilterError(f"member {member.name!r} has an absolute path")
     return tarfile.data_filter(member, path)
 
 
@@ -114,7 +116,7 @@ def extract(archive: Path, root: Path, folder: str) -> Path:
     tmp = root / f".{folder}.extracting-{uuid.uuid4().hex[:8]}"
     try:
         with tarfile.open(archive) as tar:
-            tar.extractall(tmp, filter=_refuse_links)
+            tar.extractall(tmp, filter=_refuse_unsafe)
         if not (tmp / folder).is_dir():
             found = sorted(p.name for p in tmp.iterdir())
             raise UnsafeArchiveError(f"{archive}: expected a top-level folder {folder!r}, found {found}")

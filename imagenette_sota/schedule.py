@@ -1,10 +1,10 @@
 """fastai's optimizer (Adam, decoupled weight decay, none on norms/biases) and its one-cycle schedule.
 
-The one-cycle is torch's ``OneCycleLR``, which indexes the cycle differently from fastai by one step: fastai
-sets batch ``i`` of ``n`` at position ``i / n`` of the cycle (the last batch stops one step short of
-``lr_max / div_final``, the peak falls on batch ``pct_start * n``), while ``OneCycleLR`` runs from step 0 to
-step ``n - 1`` (the last batch gets exactly ``lr_max / div_final``, the peak falls on step
-``pct_start * n - 1``). Both start at ``lr_max / div``; the difference is one step in ``n``.
+The one-cycle is torch's ``OneCycleLR`` stepped every batch, set up to give exactly fastai's values: fastai puts
+batch ``i`` of ``n`` at position ``i / n`` of the cycle (peak at batch ``pct_start * n``; the last batch stops
+one step short of ``lr_max / div_final``), while ``OneCycleLR`` puts its peak at step ``pct_start * steps - 1``
+and its end at step ``steps - 1``. A cycle of ``n + 1`` steps with the peak moved to step ``pct_start * n``
+makes the two agree at every batch.
 """
 
 from __future__ import annotations
@@ -51,11 +51,12 @@ def adam(model: nn.Module, lr: float, weight_decay: float = 0.01) -> torch.optim
 
 def one_cycle(optimizer: torch.optim.Optimizer, cycle: Cycle, total_steps: int) -> OneCycleLR:
     """Start `cycle` on `optimizer` over `total_steps` batches (replaces any previous cycle's lr and beta1)."""
+    n = int(total_steps)
     return OneCycleLR(
         optimizer,
         max_lr=cycle.lr_max,
-        total_steps=int(total_steps),
-        pct_start=cycle.pct_start,
+        total_steps=n + 1,  # fastai's position i / n for batch i: step n (after the last batch) ends the cycle
+        pct_start=(cycle.pct_start * n + 1) / (n + 1),  # OneCycleLR peaks at step pct_start * total_steps - 1
         anneal_strategy="cos",
         cycle_momentum=True,
         base_momentum=MOMS[1],
