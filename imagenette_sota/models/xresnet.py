@@ -6,6 +6,7 @@ fastai xresnet state dict loads as is (with sa=True the attention conv's spectra
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -141,13 +142,13 @@ class XResNet(nn.Sequential):
             for i in range(len(stem_channels))
         ]
         # Stages beyond the fourth (fastai's "deep" variants) are 256 wide.
-        widths = [int(w * widen) for w in [64, 128, 256, 512] + [256] * (len(layers) - 4)]
+        widths = [int(w * widen) for w in [64, 128, 256, 512, *[256] * (len(layers) - 4)][: len(layers)]]
         # fastai puts the attention in the last block of stage len(layers) - 4, i.e. the FIRST stage of a
         # 4-stage net, not the last one.
         sa_stage = len(layers) - 4
         stages: list[nn.Module] = []
         channels = stem_sizes[-1]
-        for i, (n_blocks, width) in enumerate(zip(layers, widths)):
+        for i, (n_blocks, width) in enumerate(zip(layers, widths, strict=True)):
             blocks = []
             for j in range(n_blocks):
                 stride = 2 if i > 0 and j == 0 else 1
@@ -165,6 +166,13 @@ class XResNet(nn.Sequential):
             nn.Linear(channels, n_out),
         )
         init_cnn(self)
+
+    def __getitem__(self, idx: int | slice) -> nn.Module:
+        """One child by index, or a plain nn.Sequential for a slice (e.g. model[:-4] is the body)."""
+        if isinstance(idx, slice):
+            # nn.Sequential would rebuild the slice as type(self)(...), which XResNet's signature refuses.
+            return nn.Sequential(OrderedDict(list(self._modules.items())[idx]))
+        return super().__getitem__(idx)
 
 
 def xresnet18(n_out: int = 1000, **kwargs: Any) -> XResNet:
