@@ -1,0 +1,58 @@
+"""Shared helpers for the benchmark scripts: locating the real data, timing, and the JSON last line."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("IMAGENETTE_SHARED_DATA", REPO.parent / "shared" / "data"))
+DATA_ROOT = Path(os.environ.get("IMAGENETTE_BENCH_ROOT", REPO / "data"))
+FULL_ARCHIVE = SHARED_DATA / "imagenette2-160.tgz"
+FULL_MD5 = "a335af0f5540a0fcdaca27d122aebf4a"  # the repacked local copy (../shared/data/README.md)
+
+
+def imagenette160() -> Path:
+    """The extracted imagenette2-160 folder, extracted from ../shared/data by the suite's own code once."""
+    from imagenette_sota.data import ImagenetteDataModule
+
+    dm = ImagenetteDataModule(root=DATA_ROOT, url=str(FULL_ARCHIVE), md5=FULL_MD5)
+    dm.prepare_data()
+    return dm.data_dir
+
+
+def images_per_second(batches: Iterable, consume: Callable[[object], int], warmup: int = 2) -> float:
+    """Images/s of ``consume`` over ``batches`` after ``warmup`` batches (worker start-up excluded)."""
+    n, start = 0, None
+    for i, batch in enumerate(batches):
+        if i == warmup:
+            start = time.perf_counter()
+        count = consume(batch)
+        if start is not None and i >= warmup:
+            n += count
+    if start is None:
+        raise ValueError("fewer batches than the warm-up")
+    return n / (time.perf_counter() - start)
+
+
+def peak_rss_gib() -> float:
+    """Peak resident memory of this process and its finished children, GiB."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(own, children) / 2**20
+
+
+def machine() -> str:
+    """A short description of this machine for the record."""
+    return f"{platform.machine()} {os.cpu_count()} cores, {platform.python_version()}"
+
+
+def report(figures: dict) -> None:
+    """Print the figures, the last line one JSON object."""
+    figures = {"machine": machine(), **figures}
+    print(json.dumps(figures), flush=True)
