@@ -42,7 +42,7 @@ def test_mixup_seed_repeats_and_differs() -> None:
     a = mixup(x, y, 0.4, generator=torch.Generator().manual_seed(7))
     b = mixup(x, y, 0.4, generator=torch.Generator().manual_seed(7))
     c = mixup(x, y, 0.4, generator=torch.Generator().manual_seed(8))
-    assert all(torch.equal(u, v) for u, v in zip(a, b))
+    assert all(torch.equal(u, v) for u, v in zip(a, b, strict=True))
     assert not torch.equal(a[3], c[3])
 
 
@@ -81,7 +81,7 @@ def test_cutmix_seed_repeats() -> None:
     x, y = batch()
     a = cutmix(x, y, 1.0, generator=torch.Generator().manual_seed(3))
     b = cutmix(x, y, 1.0, generator=torch.Generator().manual_seed(3))
-    assert all(torch.equal(u, v) for u, v in zip(a, b))
+    assert all(torch.equal(u, v) for u, v in zip(a, b, strict=True))
 
 
 def test_mixed_loss_definition_and_identity() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from itertools import pairwise
 
 import pytest
 import torch
@@ -55,8 +56,8 @@ def test_one_cycle_landmarks() -> None:
     assert lrs[n - 1] < LR * 1e-3  # fastai's last batch sits one step before the end
     assert moms[0] == pytest.approx(0.95) and moms[25] == pytest.approx(0.85) and moms[n] == pytest.approx(0.95)
     assert min(moms) == moms[25]
-    assert all(a < b for a, b in zip(lrs[:25], lrs[1:26]))  # warm up
-    assert all(a > b for a, b in zip(lrs[25:], lrs[26:]))  # anneal
+    assert all(a < b for a, b in pairwise(lrs[:26]))  # warm up
+    assert all(a > b for a, b in pairwise(lrs[25:]))  # anneal
 
 
 @pytest.mark.parametrize(("n", "cycle"), [(100, Cycle(LR)), (37, Cycle(LR, pct_start=0.3, div=5.0))])
@@ -119,7 +120,7 @@ def test_adam_is_fastai_adam_with_true_weight_decay() -> None:
     before = [p.detach().clone() for p in model.parameters()]
     model(torch.randn(4, 3)).square().sum().backward()
     opt.step()
-    for p, p0, wd in zip(model.parameters(), before, (0.1, 0.0, 0.0, 0.0)):
+    for p, p0, wd in zip(model.parameters(), before, (0.1, 0.0, 0.0, 0.0), strict=True):
         g = p.grad
         m, v = 0.1 * g / (1 - 0.9), 0.01 * g * g / (1 - 0.99)
         expect = p0 * (1 - LR * wd) - LR * m / (v.sqrt() + 1e-5)

@@ -14,16 +14,16 @@ log = logging.getLogger(__name__)
 
 
 def valley(lrs: Sequence[float], losses: Sequence[float]) -> float:
-    """fastai's valley: the lr about halfway down the longest strictly decreasing run of losses."""
+    """fastai's valley: the lr about halfway along the longest strictly decreasing subsequence of losses."""
     # longest[i]: length of the longest strictly decreasing subsequence of losses that ends at i.
     longest: list[int] = []
     for i, loss in enumerate(losses):
         longest.append(1 + max((longest[j] for j in range(i) if losses[j] > loss), default=0))
-    end = max(range(len(longest)), key=longest.__getitem__)  # the first index of the longest valley end
+    end = max(range(len(longest)), key=longest.__getitem__)  # where the longest valley ends (first such i)
     length = longest[end]
-    # fastai's offsets, kept exactly: start one before the valley, then a third plus a sixth of its length.
-    # max(0, ...) only changes fastai's answer for valleys shorter than 3 at the very start, where fastai
-    # wraps around to the last (largest) lr.
+    # fastai's offsets, kept exactly: from end - length, a third plus a sixth of the length (about halfway,
+    # although fastai's docs say two thirds). max(0, ...) only changes fastai's answer for a valley shorter
+    # than 3 at the very start, where fastai's index -1 picks the last (largest) lr.
     idx = max(0, end - length + int(length / 3) + int(length / 6))
     return float(lrs[idx])
 
@@ -60,7 +60,14 @@ class LRFinder(LearningRateFinder):
         attr_name: the module attribute or hyperparameter holding the peak lr.
         """
         # Lightning's own update applies its steepest-gradient suggestion; this class applies the valley.
-        super().__init__(min_lr, max_lr, num_training_steps, mode, early_stop_threshold, update_attr=False)
+        super().__init__(
+            min_lr=min_lr,
+            max_lr=max_lr,
+            num_training_steps=num_training_steps,
+            mode=mode,
+            early_stop_threshold=early_stop_threshold,
+            update_attr=False,
+        )
         self.num_training_steps, self.update_attr, self.attr_name = num_training_steps, update_attr, attr_name
         self.suggestion: float | None = None
 
