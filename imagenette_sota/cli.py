@@ -15,9 +15,15 @@ class ImagenetteCLI(LightningCLI):
         """Link the data module's class count into the model."""
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
 
+    def after_fit(self) -> None:
+        """Print the final validation metrics, the number a fit is run for."""
+        metrics = {k: round(v.item(), 4) for k, v in self.trainer.callback_metrics.items() if k.startswith("val/")}
+        if metrics and self.trainer.is_global_zero:
+            print("final " + "  ".join(f"{k}={v}" for k, v in sorted(metrics.items())))
 
-def main(args: list[str] | None = None) -> ImagenetteCLI:
-    """Entry point of ``imagenette-sota`` and ``python -m imagenette_sota``; ``args`` for tests."""
+
+def cli(args: list[str] | None = None) -> ImagenetteCLI:
+    """Run the CLI on ``args`` (None: the command line) and return it, for tests and notebooks."""
     return ImagenetteCLI(
         ImagenetteClassifier,
         ImagenetteDataModule,
@@ -25,3 +31,8 @@ def main(args: list[str] | None = None) -> ImagenetteCLI:
         args=args,
         save_config_kwargs={"overwrite": True},
     )
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point of ``imagenette-sota`` and ``python -m imagenette_sota``."""
+    cli(args)

@@ -9,7 +9,7 @@ import lightning as L
 import pytest
 import torch
 
-from imagenette_sota.cli import main
+from imagenette_sota.cli import cli, main
 from imagenette_sota.data import ImagenetteDataModule
 from imagenette_sota.models import XResNet
 from imagenette_sota.module import ImagenetteClassifier
@@ -54,7 +54,7 @@ def test_short_fit_on_real_images_learns(mini_root: Path) -> None:
 
 
 def test_cli_fit_with_the_quick_config(mini_archive: Path, tmp_path: Path) -> None:
-    cli = main(
+    run = cli(
         [
             "fit",
             "--config",
@@ -73,9 +73,9 @@ def test_cli_fit_with_the_quick_config(mini_archive: Path, tmp_path: Path) -> No
             str(tmp_path),
         ]
     )
-    assert cli.model.hparams.num_classes == cli.datamodule.num_classes == 10  # linked, never typed twice
-    assert cli.trainer.global_step == 2 and (tmp_path / "imagenette2-160-mini" / "train").is_dir()
-    assert torch.isfinite(cli.trainer.callback_metrics["val/loss"])
+    assert run.model.hparams.num_classes == run.datamodule.num_classes == 10  # linked, never typed twice
+    assert run.trainer.global_step == 2 and (tmp_path / "imagenette2-160-mini" / "train").is_dir()
+    assert torch.isfinite(run.trainer.callback_metrics["val/loss"])
 
 
 def test_cli_rejects_an_unknown_key() -> None:
