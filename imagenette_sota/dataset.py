@@ -19,8 +19,20 @@ IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".webp")
 NOISY_LEVELS = (0, 1, 5, 25, 50)
 
 
+# What PIL raises for a file it cannot decode (truncated, not an image, too large, corrupt headers).
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
 class BadImageError(RuntimeError):
     """An image file that cannot be decoded."""
+
+
+def decode_error(path: Path, error: Exception) -> BadImageError:
+    """The error for an undecodable ``path``: what happened and what to do."""
+    return BadImageError(
+        f"{path}: cannot decode image ({error}). Replace or delete the file, or pass "
+        "skip_bad_images=True to skip such files."
+    )
 
 
 def scan_split(split_dir: Path, classes: Sequence[str]) -> list[tuple[Path, int]]:
@@ -98,12 +110,9 @@ class PresizedImages(Dataset):
         position = tuple(torch.rand(2).tolist()) if self.train else (0.5, 0.5)
         try:
             img = presize(open_rgb(path, self.presize), self.presize, position)
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        except DECODE_ERRORS as e:
             if not self.skip_bad_images:
-                raise BadImageError(
-                    f"{path}: cannot decode image ({e}). Replace or delete the file, or pass "
-                    "skip_bad_images=True to skip such files."
-                ) from e
+                raise decode_error(path, e) from e
             self.skipped += 1
             log.warning("skipping unreadable image %s (%s); %d skipped so far in this process", path, e, self.skipped)
             return None
