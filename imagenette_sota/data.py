@@ -9,10 +9,13 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch import Tensor
 from torch.utils.data import DataLoader
 
 from imagenette_sota import augment as aug
+from imagenette_sota.cache import CachedImages
+from imagenette_sota.cache import build as build_cache
 from imagenette_sota.catalog import class_names, release
 from imagenette_sota.dataset import PresizedImages, collate_skipping, noisy_labels, scan_split
 from imagenette_sota.download import (
@@ -51,6 +54,7 @@ class ImagenetteDataModule(L.LightningDataModule):
         augment: aug.Augment | None = aug.Augment(),
         normalize: Literal["imagenet", "batch", "none"] = "imagenet",
         skip_bad_images: bool = False,
+        cache: bool = False,
     ) -> None:
         """Args:
         dataset: official release (imagenette2, imagenette2-320, imagenette2-160, imagewoof2[-320|-160]).
@@ -65,6 +69,8 @@ class ImagenetteDataModule(L.LightningDataModule):
         augment: training augmentation (None: train images are only resized, like validation).
         normalize: ImageNet statistics, statistics of the first training batch, or none.
         skip_bad_images: skip undecodable images with a warning instead of stopping with an error.
+        cache: decode every image once into a memory-mapped presized cache under the dataset folder
+            (``.presized/``); later epochs and runs decode nothing (see imagenette_sota.cache).
         """
         super().__init__()
         for name, value in (("presize", presize), ("train_size", train_size), ("batch_size", batch_size)):
@@ -76,11 +82,11 @@ class ImagenetteDataModule(L.LightningDataModule):
         self.batch_size, self.val_batch_size = batch_size, val_batch_size
         self.num_workers = (os.cpu_count() or 1) if num_workers is None else num_workers
         self.noisy_labels, self.augment, self.normalize = noisy_labels, augment, normalize
-        self.skip_bad_images = skip_bad_images
+        self.skip_bad_images, self.cache = skip_bad_images, cache
         self.mean, self.std = (torch.tensor(aug.IMAGENET_MEAN), torch.tensor(aug.IMAGENET_STD))
         self._stats_fitted = normalize != "batch"
-        self.train_set: PresizedImages | None = None
-        self.val_set: PresizedImages | None = None
+        self.train_set: PresizedImages | CachedImages | None = None
+        self.val_set: PresizedImages | CachedImages | None = None
 
     # --- where the data is -------------------------------------------------------------------------------
     @property
@@ -115,9 +121,18 @@ class ImagenetteDataModule(L.LightningDataModule):
         return len(self.classes)
 
     def prepare_data(self) -> None:
-        """Download, verify and extract once (rank 0); an existing extracted folder is used as it is."""
-        if self.data_dir.is_dir():
-            return
+        """Download, verify and extract once (rank 0), and fill the presized cache if asked."""
+        if not self.data_dir.is_dir():
+            self._download_and_extract()
+        if self.cache:
+            for split in ("train", "val"):
+                self._cached_pixels(split, scan_split(self.data_dir / split, self.classes))
+
+    def _cached_pixels(self, split: str, items: list[tuple[Path, int]]) -> Path:
+        folder = self.data_dir / ".presized" / split
+        return build_cache(items, self.presize, folder, num_workers=self.num_workers, skip_bad=self.skip_bad_images)
+
+    def _download_and_extract(self) -> None:
         folder = archive_stem(self.source)
         remove_stale(self.root, folder)
         if is_remote(self.source):
@@ -164,8 +179,13 @@ class ImagenetteDataModule(L.LightningDataModule):
         if self.noisy_labels:
             train_items = self._relabel(train_items, classes)
         val_items = scan_split(self.data_dir / "val", classes)
-        self.train_set = PresizedImages(train_items, self.presize, train=True, skip_bad_images=self.skip_bad_images)
-        self.val_set = PresizedImages(val_items, self.presize, train=False, skip_bad_images=self.skip_bad_images)
+        self.train_set, self.val_set = self._images("train", train_items), self._images("val", val_items)
+
+    def _images(self, split: str, items: list[tuple[Path, int]]) -> PresizedImages | CachedImages:
+        train = split == "train"
+        if self.cache:
+            return CachedImages(self._cached_pixels(split, items), items, train=train)
+        return PresizedImages(items, self.presize, train=train, skip_bad_images=self.skip_bad_images)
 
     def _relabel(self, items: list[tuple[Path, int]], classes: list[str]) -> list[tuple[Path, int]]:
         csvs = sorted(self.data_dir.glob("noisy_*.csv"))
@@ -187,13 +207,19 @@ class ImagenetteDataModule(L.LightningDataModule):
         )
         return relabelled
 
-    def _loader(self, dataset: PresizedImages | None, batch_size: int, train: bool) -> DataLoader:
+    def _loader(self, dataset: PresizedImages | CachedImages | None, batch_size: int, train: bool) -> DataLoader:
         if dataset is None:
             raise RuntimeError("call setup() before asking for a dataloader")
+        sampler = None
+        if not train and self.trainer is not None and self.trainer.world_size > 1:
+            # Lightning's default DistributedSampler would repeat samples to even out the ranks, skewing the metrics.
+            trainer = self.trainer
+            sampler = UnrepeatedDistributedSampler(dataset, trainer.world_size, trainer.global_rank, shuffle=False)
         return DataLoader(
             dataset,
             batch_size=batch_size,
             shuffle=train,
+            sampler=sampler,
             drop_last=train,
             num_workers=self.num_workers,
             collate_fn=collate_skipping,
@@ -206,7 +232,7 @@ class ImagenetteDataModule(L.LightningDataModule):
         return self._loader(self.train_set, self.batch_size, train=True)
 
     def val_dataloader(self) -> DataLoader:
-        """Centre-presized uint8 validation batches, in dataset order."""
+        """Centre-presized uint8 validation batches, in dataset order; under DDP each rank a share, none repeated."""
         return self._loader(self.val_set, self.val_batch_size or 2 * self.batch_size, train=False)
 
     def test_dataloader(self) -> DataLoader:
