@@ -27,7 +27,9 @@ class _Clock(L.Callback):
     def __init__(self, warmup: int) -> None:
         self.warmup, self.start, self.images = warmup, 0.0, 0
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int
+    ) -> None:
         if batch_idx == self.warmup - 1:
             self.start = time.perf_counter()
         elif batch_idx >= self.warmup:
@@ -105,7 +107,9 @@ def fastai_learner(data_dir, arch: str, size: int, args: argparse.Namespace) -> 
     )
     dls = block.dataloaders(data_dir, bs=args.bs, num_workers=args.workers)
     clock = Clock()
-    learn = Learner(dls, getattr(fa_models, arch)(n_out=10), loss_func=CrossEntropyLossFlat(), metrics=accuracy, cbs=clock)
+    learn = Learner(
+        dls, getattr(fa_models, arch)(n_out=10), loss_func=CrossEntropyLossFlat(), metrics=accuracy, cbs=clock
+    )
     with learn.no_bar(), learn.no_logging():
         learn.fit_one_cycle(1, 3e-3)
     return clock.ips
@@ -123,7 +127,12 @@ def main() -> None:
     args = parser.parse_args()
 
     data_dir = imagenette160()
-    figures: dict = {"bs": args.bs, "presize": args.presize, "batches": args.batches, "torch_threads": torch.get_num_threads()}
+    figures: dict = {
+        "bs": args.bs,
+        "presize": args.presize,
+        "batches": args.batches,
+        "torch_threads": torch.get_num_threads(),
+    }
     for setting in args.settings:
         arch, size = setting.split(":")
         key = f"{arch}_{size}"
