@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from imagenette_sota.mixup import cutmix, mixed_loss, mixup
+from imagenette_sota.mixup import Mixed, cutmix, mixed_loss, mixup
 from imagenette_sota.models import xresnet50
 from imagenette_sota.schedule import Cycle, adam, one_cycle
 
@@ -66,6 +66,7 @@ class ImagenetteClassifier(L.LightningModule):
         self.val_acc_top5 = MulticlassAccuracy(num_classes, top_k=top5, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc_top5 = MulticlassAccuracy(num_classes, top_k=top5, average="micro")
+        self.last_mixed: Mixed | None = None  # the latest mixed training batch (x, y_a, y_b, lam), for inspection
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits (B, num_classes) of normalized images (B, 3, H, W)."""
@@ -80,23 +81,23 @@ class ImagenetteClassifier(L.LightningModule):
         per_sample = partial(F.cross_entropy, reduction="none", label_smoothing=hp.label_smoothing)
         if hp.mixup_alpha > 0 or hp.cutmix_alpha > 0:
             mix, alpha = (mixup, hp.mixup_alpha) if hp.mixup_alpha > 0 else (cutmix, hp.cutmix_alpha)
-            x, y_a, y_b, lam = mix(x, y, alpha)
+            x, y_a, y_b, lam = self.last_mixed = mix(x, y, alpha)
             loss = mixed_loss(per_sample, self(x), y_a, y_b, lam)
         else:
             loss = per_sample(self(x), y).mean()
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(y))
         return loss
 
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        """Loss and accuracy against the hard labels."""
-        self._evaluate(batch, "val", self.val_acc, self.val_acc_top5)
+    def validation_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        """Loss and accuracy against the hard labels; returns the logits (for callbacks such as Inspection)."""
+        return self._evaluate(batch, "val", self.val_acc, self.val_acc_top5)
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
         """Loss and accuracy against the hard labels."""
         self._evaluate(batch, "test", self.test_acc, self.test_acc_top5)
 
-    def _evaluate(self, batch: Batch, stage: str, acc: MulticlassAccuracy, acc_top5: MulticlassAccuracy) -> None:
-        """Log `stage`/loss, /acc and /acc_top5 for the epoch."""
+    def _evaluate(self, batch: Batch, stage: str, acc: MulticlassAccuracy, acc_top5: MulticlassAccuracy) -> Tensor:
+        """Log `stage`/loss, /acc and /acc_top5 for the epoch; return the logits."""
         x, y = batch
         logits = self(x)
         loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
@@ -106,16 +107,21 @@ class ImagenetteClassifier(L.LightningModule):
         log(f"{stage}/loss", loss, prog_bar=True)
         log(f"{stage}/acc", acc, prog_bar=True)
         log(f"{stage}/acc_top5", acc_top5)
+        return logits
 
     def predict_step(self, batch: Tensor | tuple[Tensor, ...], batch_idx: int) -> Tensor:
         """Class probabilities (B, num_classes)."""
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
         return self(x).softmax(dim=1)
 
+    @property
+    def cycle(self) -> Cycle:
+        """The one-cycle the hyperparameters describe (ProgressiveResize re-times it for its first stage)."""
+        hp = self.hparams
+        return Cycle(hp.lr, pct_start=hp.pct_start, div=hp.div, div_final=hp.div_final)
+
     def configure_optimizers(self) -> dict[str, Any]:
         """fastai's Adam and one one-cycle over the whole fit, stepped every batch."""
-        hp = self.hparams
-        optimizer = adam(self.model, hp.lr, hp.weight_decay)
-        cycle = Cycle(hp.lr, pct_start=hp.pct_start, div=hp.div, div_final=hp.div_final)
-        scheduler = one_cycle(optimizer, cycle, self.trainer.estimated_stepping_batches)
+        optimizer = adam(self.model, self.hparams.lr, self.hparams.weight_decay)
+        scheduler = one_cycle(optimizer, self.cycle, self.trainer.estimated_stepping_batches)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

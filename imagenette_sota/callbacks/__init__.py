@@ -1,5 +1,7 @@
 """Callbacks: whatever changes with the epoch or runs around training."""
 
 from imagenette_sota.callbacks.lr_finder import LRFinder
+from imagenette_sota.callbacks.progressive import ProgressiveResize, Ramp, Stage
+from imagenette_sota.callbacks.tta import GatherPredictions, TTAPredictor, tta
 
-__all__ = ["LRFinder"]
+__all__ = ["GatherPredictions", "LRFinder", "ProgressiveResize", "Ramp", "Stage", "TTAPredictor", "tta"]

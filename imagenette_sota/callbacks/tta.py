@@ -1,0 +1,198 @@
+"""Test-time augmentation (fastai's ``Learner.tta``), each sample predicted exactly once, also under DDP.
+
+After a fit::
+
+    probs, targets = tta(trainer, model, datamodule)  # fastai's defaults: n=4, beta=0.25
+    probs, targets = tta(trainer, model, datamodule, mode="flip", beta=0.5)  # mean of centre and mirror
+    probs, targets = tta(trainer, model, datamodule, mode="five_crop")  # corners + centre, 87.5% crops
+
+``tta`` runs ``trainer.predict`` on a ``TTAPredictor`` (the model wrapped with the data module's transforms) with a
+``GatherPredictions`` callback. The data module is the single source of the views: its ``predict_dataloader()``
+yields raw (presized uint8) ``(x, y)`` batches in dataset order, ``val_transform(x)`` makes the centre view and
+``train_transform(x)`` the training augmentation, at the data module's ``train_size`` (after ProgressiveResize:
+the last stage's). ImagenetteDataModule has all three; any data module with them works. Given to
+``trainer.predict`` as ``datamodule``, its ``on_after_batch_transfer`` would turn every batch into the centre view
+first, so the predictor asks it for the loader itself.
+
+Under DDP Lightning splits predict loaders without padding (``UnrepeatedDistributedSampler``); the callback puts
+every rank's rows at their dataset indices, sums across ranks, checks that each sample was predicted exactly once
+and leaves the whole result, in dataset order, on every rank. With ``ddp_spawn`` the ranks are other processes:
+rank 0 also writes the result to a file that ``tta`` reads back. (Under ``ddp_spawn`` a data module's state set
+during ``fit`` - progressive sizes, batch statistics - stays in the worker processes: restore it from the
+checkpoint, or use ``strategy="ddp"``.) Augmented views draw from the device's default generator, seeded per rank
+and batch from ``seed`` inside ``isolate_rng``: runs repeat, and the views take nothing from the global RNG streams.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.strategies import Strategy
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
+from lightning.pytorch.utilities.seed import isolate_rng
+from torch import Tensor, nn
+from torchvision.transforms.v2.functional import five_crop
+
+Mode = Literal["augment", "flip", "five_crop"]
+
+
+def combine(centre: Tensor, views: Sequence[Tensor], beta: float = 0.25, use_max: bool = False) -> Tensor:
+    """fastai's TTA: beta * centre + (1 - beta) * mean(views), or the elementwise max of all; no views: centre."""
+    if not views:
+        return centre
+    stacked = torch.stack(list(views))  # (n, B, C)
+    if use_max:
+        return torch.maximum(centre, stacked.amax(0))
+    return torch.lerp(stacked.mean(0), centre, beta)
+
+
+class TTAPredictor(L.LightningModule):
+    """``predict_step``: TTA and plain (centre-view) probabilities and the targets of one raw ``(x, y)`` batch."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data: L.LightningDataModule,
+        n: int = 4,
+        beta: float = 0.25,
+        use_max: bool = False,
+        mode: Mode = "augment",
+        crop: float = 0.875,
+        seed: int = 0,
+    ) -> None:
+        """Args:
+        model: maps normalized images to logits.
+        data: provides predict_dataloader(), val_transform(x) and train_transform(x) (see the module doc).
+        n: augmented passes (mode "augment" only). beta: weight of the centre view (fastai: 0.25).
+        use_max: the elementwise max over the centre and the views instead of the weighted mean.
+        mode: "augment" (n passes of the training augmentation), "flip" (the mirrored centre view) or
+            "five_crop" (the four corners and the centre, each a `crop` fraction of the presized side).
+        seed: seeds the augmented passes (per rank and batch).
+        """
+        super().__init__()
+        if mode not in ("augment", "flip", "five_crop"):
+            raise ValueError(f"mode={mode!r}: choose 'augment', 'flip' or 'five_crop'")
+        if n < 0 or not 0 <= beta <= 1 or not 0 < crop <= 1:
+            raise ValueError(f"need n >= 0, 0 <= beta <= 1 and 0 < crop <= 1; got n={n}, beta={beta}, crop={crop}")
+        self.model, self.data = model, data
+        self.n, self.beta, self.use_max, self.mode, self.crop, self.seed = n, beta, use_max, mode, crop, seed
+
+    def prepare_data(self) -> None:
+        """The data module's own preparation (download / extract once)."""
+        self.data.prepare_data()
+
+    def setup(self, stage: str) -> None:
+        """Set up the data module in this process (each DDP rank is its own process)."""
+        self.data.setup(stage)
+
+    def predict_dataloader(self) -> Any:
+        """The data module's raw predict batches; Lightning splits them across ranks without repeats."""
+        return self.data.predict_dataloader()
+
+    def views(self, x: Tensor) -> Iterator[Tensor]:
+        """The extra views of a raw batch, normalized like the centre view, one at a time."""
+        if self.mode == "augment":
+            for _ in range(self.n):
+                yield self.data.train_transform(x)
+        elif self.mode == "flip":
+            yield self.data.val_transform(x.flip(-1))
+        else:
+            side = round(self.crop * min(x.shape[-2:]))
+            yield from (self.data.val_transform(c) for c in five_crop(x, [side, side]))
+
+    def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        """{"probs": TTA probabilities, "plain": centre-view probabilities, "targets": labels}."""
+        x, y = batch
+        plain = self.model(self.data.val_transform(x)).softmax(1)
+        with isolate_rng():
+            # A distinct seed for every (rank, batch) of a run.
+            torch.manual_seed(self.seed + self.global_rank + batch_idx * self.trainer.world_size)
+            views = [self.model(v).softmax(1) for v in self.views(x)]
+        return {"probs": combine(plain, views, self.beta, self.use_max), "plain": plain, "targets": y}
+
+
+def gather_in_order(strategy: Strategy, size: int, indices: Tensor, values: Tensor) -> Tensor:
+    """Rows `values` of dataset rows `indices` from every rank, as one (size, ...) tensor on every rank."""
+    full = values.new_zeros((size, *values.shape[1:]))
+    full[indices] = values
+    return strategy.reduce(full, reduce_op="sum")  # each row is nonzero on one rank only: the sum is exact
+
+
+class GatherPredictions(BasePredictionWriter):
+    """After ``trainer.predict``: the per-batch dicts of tensors as one dict in dataset order, on every rank.
+
+    Raises if a sample was predicted twice or not at all. ``path``: rank 0 also saves the result there.
+    """
+
+    def __init__(self, path: str | Path | None = None) -> None:
+        super().__init__(write_interval="epoch")
+        self.path = path
+        self.result: dict[str, Tensor] | None = None
+
+    def write_on_epoch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        predictions: Sequence[Any],
+        batch_indices: Sequence[Any],
+    ) -> None:
+        """Gather this rank's predictions with the others', by dataset index."""
+        if len(batch_indices) != 1:
+            raise ValueError(f"GatherPredictions handles one predict dataloader, got {len(batch_indices)}")
+        device = pl_module.device
+        indices = torch.tensor([i for batch in batch_indices[0] for i in batch], dtype=torch.long, device=device)
+        size = len(trainer.predict_dataloaders.dataset)
+        counts = trainer.strategy.reduce(indices.bincount(minlength=size), reduce_op="sum")
+        if not bool((counts == 1).all()):
+            raise RuntimeError(
+                f"each sample must be predicted once: {int((counts == 0).sum())} missing, "
+                f"{int((counts > 1).sum())} repeated (a padding sampler, or images skipped as unreadable?)"
+            )
+        result = {}
+        for key in predictions[0]:
+            values = torch.cat([p[key] for p in predictions]).to(device)
+            if len(values) != len(indices):
+                raise RuntimeError(f"{len(values)} {key!r} rows for {len(indices)} indices: were images skipped?")
+            result[key] = gather_in_order(trainer.strategy, size, indices, values).cpu()
+        self.result = result
+        if self.path is not None and trainer.is_global_zero:
+            torch.save(result, self.path)
+
+
+def tta(
+    trainer: L.Trainer,
+    model: nn.Module,
+    datamodule: L.LightningDataModule,
+    n: int = 4,
+    beta: float = 0.25,
+    use_max: bool = False,
+    mode: Mode = "augment",
+    crop: float = 0.875,
+    seed: int = 0,
+) -> tuple[Tensor, Tensor]:
+    """TTA probabilities (N, C) and targets (N,) of the predict set in dataset order; logs TTA and plain accuracy.
+
+    Arguments after `datamodule` as in ``TTAPredictor``. Runs ``trainer.predict`` (any strategy, ddp_spawn too).
+    """
+    predictor = TTAPredictor(model, datamodule, n, beta, use_max, mode, crop, seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        gather = GatherPredictions(Path(tmp) / "tta.pt")
+        trainer.callbacks.append(gather)
+        try:
+            trainer.predict(predictor)
+        finally:
+            trainer.callbacks.remove(gather)
+        # With ddp_spawn the result was computed in other processes: read what their rank 0 saved.
+        result = gather.result if gather.result is not None else torch.load(gather.path)
+    probs, plain, targets = result["probs"], result["plain"], result["targets"]
+    accuracy = {name: (p.argmax(1) == targets).float().mean().item() for name, p in (("tta", probs), ("plain", plain))}
+    rank_zero_info(
+        f"TTA ({mode}) accuracy {accuracy['tta']:.4f}, without TTA {accuracy['plain']:.4f}, on {len(targets)} images"
+    )
+    return probs, targets

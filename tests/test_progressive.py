@@ -1,0 +1,271 @@
+"""ProgressiveResize: its schedule, what a real fit sees epoch by epoch, and resuming mid-schedule."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, RandomSampler, TensorDataset
+
+from imagenette_sota.callbacks import ProgressiveResize, Ramp, Stage
+from imagenette_sota.data import ImagenetteDataModule
+from imagenette_sota.dataset import collate_skipping
+from imagenette_sota.models import XResNet
+from imagenette_sota.module import ImagenetteClassifier
+from imagenette_sota.schedule import Cycle, adam, fine_tune, one_cycle
+
+QUIET = {"accelerator": "cpu", "logger": False, "enable_progress_bar": False, "enable_model_summary": False}
+SEED = 3
+# 200 training images: batch 50 -> 4 steps, batch 100 -> 2, batch 40 -> 5 (the last partial batch is dropped).
+SCHEDULE = {
+    0: Stage(32, 50),
+    1: Stage(48, 100),  # no cycle: epochs 0-1 are one cycle of 4 + 2 = 6 steps, the module's (lr 1e-2)
+    2: Stage(batch_size=40, cycle=Cycle(5e-3, pct_start=0.5, div=5.0)),  # a new cycle of 5 steps
+}
+tiny_xresnet = partial(XResNet, layers=(1, 1, 1, 1), widen=0.5)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """One intra-op thread: two threads per process on a shared 2-core machine slow small steps down."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def fastai_lr(cycle: Cycle, i: int, n: int) -> float:
+    """fastai's fit_one_cycle lr at batch i of n (cosine warm-up to lr_max over pct_start, cosine down)."""
+
+    def cos(start: float, end: float, pos: float) -> float:
+        return start + (1 + math.cos(math.pi * (1 - pos))) * (end - start) / 2
+
+    pos, c = i / n, cycle
+    if pos < c.pct_start:
+        return cos(c.lr_max / c.div, c.lr_max, pos / c.pct_start)
+    return cos(c.lr_max, c.lr_max / c.div_final, (pos - c.pct_start) / (1 - c.pct_start))
+
+
+class Probe(Callback):
+    """Records what each batch really gets: (epoch, shape) of train and val inputs, and the lr of each step."""
+
+    def __init__(self) -> None:
+        self.train: list[tuple[int, tuple[int, ...]]] = []
+        self.val: list[tuple[int, tuple[int, ...]]] = []
+        self.lrs: list[tuple[int, float]] = []
+        self.logged: dict[int, tuple[float, float]] = {}
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, i: int) -> None:
+        epoch = trainer.current_epoch
+        self.train.append((epoch, tuple(batch[0].shape)))
+        self.lrs.append((epoch, trainer.optimizers[0].param_groups[0]["lr"]))
+
+    def on_validation_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, i: int, dataloader_idx: int = 0
+    ) -> None:
+        self.val.append((trainer.current_epoch, tuple(batch[0].shape)))
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        m = trainer.callback_metrics
+        self.logged[trainer.current_epoch] = (m["train/image_size"].item(), m["train/batch_size"].item())
+
+
+class Reseed(Callback):
+    """Seeds the crops and augmentation of each epoch when it starts (a resumed run's epoch starts the same way)."""
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        L.seed_everything(SEED + trainer.current_epoch, verbose=False)
+
+
+class EpochSeeded(ImagenetteDataModule):
+    """Each epoch's shuffle from generators of its own: Lightning creates a resumed epoch's loader iterator once
+    and an uninterrupted epoch's twice, and each creation draws from the loader's generator (or the global one)."""
+
+    def train_dataloader(self) -> DataLoader:
+        order = RandomSampler(
+            self.train_set, generator=torch.Generator().manual_seed(SEED + self.trainer.current_epoch)
+        )
+        return DataLoader(
+            self.train_set,
+            batch_size=self.batch_size,
+            sampler=order,
+            drop_last=True,
+            collate_fn=collate_skipping,
+            generator=torch.Generator(),
+        )
+
+
+def imagenette(mini_dir: Path) -> ImagenetteDataModule:
+    """The mini archive at 64 px presize; the sizes and batch sizes come from the schedule."""
+    return EpochSeeded(root=mini_dir, presize=64, train_size=64, batch_size=8, num_workers=0)
+
+
+def classifier() -> ImagenetteClassifier:
+    torch.manual_seed(SEED)
+    return ImagenetteClassifier(backbone=tiny_xresnet, num_classes=10, lr=1e-2)
+
+
+def fit(mini_dir: Path, ckpt_dir: Path, first_epoch: int = 0) -> tuple[Probe, ImagenetteClassifier, L.Trainer]:
+    """Three epochs of SCHEDULE, checkpointing every epoch; resumed from epoch `first_epoch`'s start if > 0."""
+    model, probe = classifier(), Probe()
+    callbacks = [ProgressiveResize(SCHEDULE), probe, Reseed()]
+    if first_epoch == 0:
+        callbacks.append(ModelCheckpoint(ckpt_dir, filename="{epoch}", save_top_k=-1))
+    trainer = L.Trainer(
+        max_epochs=3, num_sanity_val_steps=0, enable_checkpointing=first_epoch == 0, callbacks=callbacks, **QUIET
+    )
+    ckpt = ckpt_dir / f"epoch={first_epoch - 1}.ckpt" if first_epoch else None
+    trainer.fit(model, datamodule=imagenette(mini_dir), ckpt_path=ckpt)
+    return probe, model, trainer
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(mini_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Probe, nn.Module, Path]:
+    """The 3-epoch fit without interruption, and the folder of its per-epoch checkpoints."""
+    ckpt_dir = tmp_path_factory.mktemp("ckpt")
+    probe, model, trainer = fit(mini_dir, ckpt_dir)
+    assert trainer.reload_dataloaders_every_n_epochs == 1  # batch sizes change: the callback asked for it
+    return probe, model, ckpt_dir
+
+
+def test_stage_at_resolves_the_books_recipe() -> None:
+    (freeze, frozen), (epochs, unfrozen) = fine_tune(5, 1e-3)
+    resize = ProgressiveResize({0: Stage(128, 128), 4: Stage(224, 64, frozen), 4 + freeze: Stage(cycle=unfrozen)})
+    stages = [resize.stage_at(e) for e in range(4 + freeze + epochs)]
+    assert [(s.size, s.batch_size) for s in stages] == [(128, 128)] * 4 + [(224, 64)] * 6
+    assert [e for e, s in enumerate(stages) if s.cycle] == [4, 5]
+    assert stages[4].cycle == Cycle(1e-3, pct_start=0.99) and stages[5].cycle == Cycle(5e-4, pct_start=0.3, div=5.0)
+    assert resize.stage_at(1000) == Stage(224, 64)  # the last stage holds to the end
+    assert ProgressiveResize({0: Stage(96), 3: Stage(batch_size=32)}).stage_at(2) == Stage(96, None)
+
+
+def test_schedule_errors_name_the_bad_value() -> None:
+    with pytest.raises(ValueError, match=r"epoch 0 with a size, got epochs \[1\]"):
+        ProgressiveResize({1: Stage(128)})
+    with pytest.raises(ValueError, match=r"epochs must be integers >= 0, got \[-1\]"):
+        ProgressiveResize({0: Stage(128), -1: Stage(64)})
+    with pytest.raises(ValueError, match="batch_size=0 must be a positive integer"):
+        Stage(128, 0)
+    with pytest.raises(ValueError, match="must set a size, a batch_size or a cycle"):
+        Stage()
+    with pytest.raises(ValueError, match="a schedule or a ramp"):
+        ProgressiveResize({0: Stage(128)}, ramp=Ramp(128, 224, 0, 4))
+    with pytest.raises(ValueError, match="val_size=0"):
+        ProgressiveResize({0: Stage(128)}, val_size=0)
+    with pytest.raises(ValueError, match="start_epoch=5, end_epoch=5"):
+        Ramp(128, 224, 5, 5)
+
+
+def test_ramp_rounds_sizes_and_keeps_memory_constant() -> None:
+    ffcv = ProgressiveResize(ramp=Ramp(160, 192, start_epoch=11, end_epoch=13, batch_size=256))
+    assert [ffcv.stage_at(e).size for e in (0, 11, 12, 13, 99)] == [160, 160, 192, 192, 192]
+    assert ffcv.stage_at(0).batch_size == 256 * 192**2 // 160**2 == 368 and ffcv.stage_at(13).batch_size == 256
+    ramp = Ramp(128, 256, start_epoch=0, end_epoch=4)
+    assert [ramp.size_at(e) for e in range(5)] == [128, 160, 192, 224, 256]
+    assert all(s.batch_size is None and s.cycle is None for s in ramp.stages().values())
+    assert Ramp(100, 200, 0, 10).size_at(1) == 100  # 110 rounds to 96, clamped to min_size
+
+
+def test_sizes_batch_sizes_and_lrs_inside_a_fit(uninterrupted: tuple[Probe, nn.Module, Path]) -> None:
+    probe, _, _ = uninterrupted
+    assert probe.train == [(0, (50, 3, 32, 32))] * 4 + [(1, (100, 3, 48, 48))] * 2 + [(2, (40, 3, 48, 48))] * 5
+    # Validation follows the train size; its batch is the data module's default, twice the train batch.
+    assert probe.val == [(0, (100, 3, 32, 32)), (1, (100, 3, 48, 48)), (2, (80, 3, 48, 48)), (2, (20, 3, 48, 48))]
+    assert probe.logged == {0: (32.0, 50.0), 1: (48.0, 100.0), 2: (48.0, 40.0)}
+    lrs = [lr for _, lr in probe.lrs]
+    first, second = classifier().cycle, SCHEDULE[2].cycle
+    # The module's whole-fit estimate (4 steps x 3 epochs) is replaced at epoch 0 by the stage's 6 steps.
+    expected = [fastai_lr(first, i, 6) for i in range(6)] + [fastai_lr(second, i, 5) for i in range(5)]
+    assert lrs == pytest.approx(expected, rel=1e-6)
+
+
+def test_resume_mid_schedule_equals_the_uninterrupted_run(
+    uninterrupted: tuple[Probe, nn.Module, Path], mini_dir: Path
+) -> None:
+    probe, model, ckpt_dir = uninterrupted
+    resumed_probe, resumed, _ = fit(mini_dir, ckpt_dir, first_epoch=1)
+    assert resumed_probe.train == [t for t in probe.train if t[0] >= 1]
+    assert resumed_probe.val == [v for v in probe.val if v[0] >= 1]
+    assert resumed_probe.lrs == [lr for lr in probe.lrs if lr[0] >= 1]
+    for (name, a), b in zip(model.state_dict().items(), resumed.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, msg=name)
+
+
+class Shapes(L.LightningDataModule):
+    """Not Imagenette: random images resized to the public ``train_size`` / ``val_size`` on the device."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.train_size, self.val_size, self.batch_size = 8, None, 2
+        g = torch.Generator().manual_seed(0)
+        self.data = TensorDataset(torch.rand(32, 3, 24, 24, generator=g), torch.randint(0, 2, (32,), generator=g))
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.data, batch_size=self.batch_size, shuffle=True, drop_last=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.data, batch_size=16)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> tuple[Tensor, Tensor]:
+        x, y = batch
+        size = self.train_size if self.trainer.training else self.val_size
+        return F.interpolate(x, size=(size, size), mode="bilinear"), y
+
+
+class Net(L.LightningModule):
+    """Not ImagenetteClassifier: no ``cycle`` attribute; a one-cycle (or any scheduler) of its own."""
+
+    def __init__(self, scheduler: str = "one_cycle") -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+        self.scheduler = scheduler
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return F.cross_entropy(self.net(batch[0]), batch[1])
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self.log("val/loss", F.cross_entropy(self.net(batch[0]), batch[1]))
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        opt = adam(self.net, 1.0)
+        if self.scheduler == "one_cycle":
+            sched = one_cycle(opt, Cycle(1.0), self.trainer.estimated_stepping_batches)
+        else:
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def test_reuse_with_another_module_and_data_module(tmp_path: Path) -> None:
+    cycle = Cycle(0.1, pct_start=0.5)
+
+    def run(ckpt: Path | None = None) -> Probe:
+        probe = Probe()
+        callbacks = [ProgressiveResize({0: Stage(8, 8, cycle), 1: Stage(16, 4)}, val_size=12), probe]
+        callbacks.append(ModelCheckpoint(tmp_path, filename="{epoch}", save_top_k=-1))
+        L.Trainer(max_epochs=2, callbacks=callbacks, **QUIET).fit(Net(), datamodule=Shapes(), ckpt_path=ckpt)
+        return probe
+
+    probe = run()
+    assert probe.train == [(0, (8, 3, 8, 8))] * 4 + [(1, (4, 3, 16, 16))] * 8
+    assert {shape[-1] for _, shape in probe.val} == {12}
+    assert [lr for _, lr in probe.lrs] == pytest.approx([fastai_lr(cycle, i, 12) for i in range(12)], rel=1e-6)
+    assert probe.logged == {0: (8.0, 8.0), 1: (16.0, 4.0)}
+    # This data module keeps no state: the callback's own state brings epoch 1's batch size back on resume.
+    resumed = run(tmp_path / "epoch=0.ckpt")
+    assert resumed.train == probe.train[4:] and resumed.lrs == probe.lrs[4:]
+
+
+def test_a_scheduler_that_cannot_be_resumed_is_refused() -> None:
+    resize = ProgressiveResize({0: Stage(8, cycle=Cycle(0.1))})
+    trainer = L.Trainer(max_epochs=1, enable_checkpointing=False, callbacks=[resize], **QUIET)
+    with pytest.raises(TypeError, match="replaces the module's LambdaLR with a OneCycleLR"):
+        trainer.fit(Net(scheduler="constant"), datamodule=Shapes())

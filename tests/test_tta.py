@@ -1,0 +1,155 @@
+"""Test-time augmentation on one process: fastai's formula, its identities on real images, exactly-once gathering."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import pytest
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from imagenette_sota.callbacks import tta
+from imagenette_sota.callbacks.tta import combine
+from imagenette_sota.data import ImagenetteDataModule
+from imagenette_sota.models import XResNet
+
+QUIET = {"accelerator": "cpu", "devices": 1, "logger": False, "enable_progress_bar": False}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """One intra-op thread: two threads per process on a shared 2-core machine slow small steps down."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def dm(mini_dir: Path) -> ImagenetteDataModule:
+    """The mini archive's 100 validation images, presized to 64 px, viewed at 32 px in batches of 32."""
+    return ImagenetteDataModule(root=mini_dir, presize=64, train_size=32, batch_size=16, num_workers=0)
+
+
+@pytest.fixture(scope="module")
+def model() -> nn.Module:
+    torch.manual_seed(0)
+    return XResNet(10, (1, 1, 1, 1), widen=0.5).eval()
+
+
+@pytest.fixture(scope="module")
+def trainer() -> L.Trainer:
+    return L.Trainer(**QUIET)
+
+
+def softmax_of(model: nn.Module, x: Tensor) -> Tensor:
+    with torch.no_grad():
+        return model(x).softmax(1)
+
+
+@pytest.fixture(scope="module")
+def raw(dm: ImagenetteDataModule) -> tuple[Tensor, Tensor]:
+    """All presized validation images (uint8) and labels, in dataset order."""
+    dm.setup("predict")
+    items = [dm.val_set[i] for i in range(len(dm.val_set))]
+    return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])
+
+
+@pytest.fixture(scope="module")
+def plain(model: nn.Module, dm: ImagenetteDataModule, raw: tuple[Tensor, Tensor]) -> Tensor:
+    """Centre-view probabilities of every validation image, computed without Lightning."""
+    return softmax_of(model, dm.val_transform(raw[0]))
+
+
+def test_combine_is_fastais_formula() -> None:
+    centre = torch.tensor([[0.6, 0.4]])
+    views = [torch.tensor([[0.2, 0.8]]), torch.tensor([[0.4, 0.6]])]
+    torch.testing.assert_close(combine(centre, views), torch.tensor([[0.375, 0.625]]))  # .25 centre + .75 mean
+    torch.testing.assert_close(combine(centre, views, beta=0.0), torch.tensor([[0.3, 0.7]]))
+    torch.testing.assert_close(combine(centre, views, use_max=True), torch.tensor([[0.6, 0.8]]))
+    assert combine(centre, []) is centre
+
+
+def test_no_views_or_beta_one_give_the_plain_prediction(
+    trainer: L.Trainer, model: nn.Module, dm: ImagenetteDataModule, raw: tuple[Tensor, Tensor], plain: Tensor
+) -> None:
+    probs, targets = tta(trainer, model, dm, n=0)
+    assert probs.shape == (100, 10) and torch.equal(targets, raw[1])  # every image once, in dataset order
+    torch.testing.assert_close(probs, plain)
+    torch.testing.assert_close(tta(trainer, model, dm, n=2, beta=1.0)[0], plain)
+
+
+def test_augmented_passes_are_seeded_and_change_the_prediction(
+    trainer: L.Trainer, model: nn.Module, dm: ImagenetteDataModule, plain: Tensor
+) -> None:
+    augmented = partial(tta, trainer, model, dm, n=2)
+    first = augmented(seed=0)[0]
+    assert torch.equal(first, augmented(seed=0)[0])
+    assert not torch.allclose(first, augmented(seed=1)[0])
+    assert not torch.allclose(first, plain)
+    torch.testing.assert_close(first.sum(1), torch.ones(100))
+    assert bool((augmented(use_max=True)[0] >= plain - 1e-6).all())  # plain: batched differently, float noise
+
+
+def test_flip_averages_the_mirrored_centre_view(
+    trainer: L.Trainer, model: nn.Module, dm: ImagenetteDataModule, raw: tuple[Tensor, Tensor], plain: Tensor
+) -> None:
+    mirrored = softmax_of(model, dm.val_transform(raw[0].flip(-1)))
+    assert not torch.allclose(mirrored, plain)
+    torch.testing.assert_close(tta(trainer, model, dm, mode="flip", beta=0.5)[0], (plain + mirrored) / 2)
+
+
+def test_five_crop_of_the_whole_image_is_the_centre_view(
+    trainer: L.Trainer, model: nn.Module, dm: ImagenetteDataModule, plain: Tensor
+) -> None:
+    torch.testing.assert_close(tta(trainer, model, dm, mode="five_crop", crop=1.0)[0], plain)
+    assert not torch.allclose(tta(trainer, model, dm, mode="five_crop")[0], plain)
+
+
+class Mirrors(L.LightningDataModule):
+    """Not Imagenette: 12 random float images, mirror-symmetric left to right if `symmetric`."""
+
+    def __init__(self, symmetric: bool, order: list[int] | None = None) -> None:
+        super().__init__()
+        half = torch.rand(12, 3, 8, 4, generator=torch.Generator().manual_seed(0))
+        x = torch.cat([half, half.flip(-1)], -1) if symmetric else torch.rand(12, 3, 8, 8)
+        self.data, self.order = TensorDataset(x, torch.arange(12) % 3), order
+
+    def predict_dataloader(self) -> DataLoader:
+        return DataLoader(self.data, batch_size=5, sampler=self.order)
+
+    def val_transform(self, x: Tensor) -> Tensor:
+        return x - 0.5
+
+    def train_transform(self, x: Tensor) -> Tensor:
+        return x + 0.1 * torch.randn_like(x)
+
+
+def net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(144, 3))
+
+
+def test_reuse_flip_of_a_symmetric_image_changes_nothing(trainer: L.Trainer) -> None:
+    model = net()
+    with torch.no_grad():
+        plain = model(Mirrors(symmetric=True).data.tensors[0] - 0.5).softmax(1)
+    flipped, targets = tta(trainer, model, Mirrors(symmetric=True), mode="flip", beta=0.0)  # the mirror alone
+    torch.testing.assert_close(flipped, plain)
+    assert torch.equal(targets, torch.arange(12) % 3)
+    assert not torch.allclose(tta(trainer, model, Mirrors(symmetric=False), mode="flip", beta=0.0)[0], plain)
+    assert not torch.allclose(tta(trainer, model, Mirrors(symmetric=True), n=2)[0], plain)  # noisy views
+
+
+@pytest.mark.parametrize(
+    ("order", "message"),
+    [([0, 1, 1, *range(2, 12)], "0 missing, 1 repeated"), ([i for i in range(12) if i != 5], "1 missing, 0 repeated")],
+)
+def test_samples_predicted_twice_or_never_are_refused(trainer: L.Trainer, order: list[int], message: Any) -> None:
+    with pytest.raises(RuntimeError, match=message):
+        tta(trainer, net(), Mirrors(symmetric=True, order=order), n=0)
