@@ -11,7 +11,7 @@ import lightning as L
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch import Tensor
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from imagenette_sota import augment as aug
 from imagenette_sota.cache import CachedImages
@@ -210,15 +210,21 @@ class ImagenetteDataModule(L.LightningDataModule):
     def _loader(self, dataset: PresizedImages | CachedImages | None, batch_size: int, train: bool) -> DataLoader:
         if dataset is None:
             raise RuntimeError("call setup() before asking for a dataloader")
-        sampler = None
-        if not train and self.trainer is not None and self.trainer.world_size > 1:
+        world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer is not None else (1, 0)
+        sampler: Sampler | None = None
+        if train:
+            # The shuffle is a function of the seed and the epoch (Lightning calls set_epoch), so a run resumed
+            # mid-training sees the same order as an uninterrupted one. Lightning keeps a DistributedSampler as is.
+            seed = int(
+                os.environ.get("PL_GLOBAL_SEED", 0)
+            )  # what seed_everything sets, as Lightning's own sampler reads
+            sampler = DistributedSampler(dataset, world, rank, shuffle=True, seed=seed)
+        elif world > 1:
             # Lightning's default DistributedSampler would repeat samples to even out the ranks, skewing the metrics.
-            trainer = self.trainer
-            sampler = UnrepeatedDistributedSampler(dataset, trainer.world_size, trainer.global_rank, shuffle=False)
+            sampler = UnrepeatedDistributedSampler(dataset, world, rank, shuffle=False)
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=train,
             sampler=sampler,
             drop_last=train,
             num_workers=self.num_workers,

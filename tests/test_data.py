@@ -287,3 +287,14 @@ def test_corrupt_images_name_the_file_or_are_skipped(mini_dir: Path, tmp_path: P
     ds = PresizedImages(items, presize=32, train=False, skip_bad_images=True)
     x, y = collate_skipping([ds[i] for i in range(3)])
     assert x.shape == (2, 3, 32, 32) and y.tolist() == [1, 1] and ds.skipped == 1
+
+
+def test_shuffle_is_a_function_of_seed_and_epoch(downloaded: ImagenetteDataModule) -> None:
+    def order(epoch: int) -> list[int]:
+        loader = downloaded.train_dataloader()  # a fresh loader, as in a resumed run
+        loader.sampler.set_epoch(epoch)  # what Lightning's fit loop calls at each epoch start
+        return list(loader.sampler)
+
+    L.seed_everything(3)
+    assert order(1) == order(1) and order(0) != order(1)
+    assert sorted(order(2)) == list(range(len(downloaded.train_set)))  # one process: every image once
