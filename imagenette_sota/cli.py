@@ -1,19 +1,97 @@
-"""The ``imagenette-sota`` command: LightningCLI over ImagenetteClassifier and ImagenetteDataModule."""
+"""The ``imagenette-sota`` command: LightningCLI over ImagenetteClassifier and ImagenetteDataModule.
+
+``fit``, ``validate``, ``test`` and ``predict`` are Lightning's; ``tta`` scores a checkpoint with test-time
+augmentation. Every run logs to TensorBoard (``lightning_logs/<trainer.logger.init_args.name>/version_N``) with a
+``LearningRateMonitor`` (lr and momentum per step) and ``Inspection`` (images, confusion matrix, top losses); both
+are configured under the top-level keys ``lr_monitor`` and ``inspection``.
+"""
 
 from __future__ import annotations
 
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+import argparse
+import inspect
+import re
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
 
+import jsonargparse
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from torch import Tensor
+
+from imagenette_sota.callbacks.inspection import Inspection
+from imagenette_sota.callbacks.tta import Mode, tta
 from imagenette_sota.data import ImagenetteDataModule
 from imagenette_sota.module import ImagenetteClassifier
 
+PACKAGE = str(Path(__file__).resolve().parent)
+JSONARGPARSE = str(Path(jsonargparse.__file__).resolve().parent)
+GROUPS = {"data": L.LightningDataModule, "model": L.LightningModule}  # config key -> the class configured there
+
+
+class ImagenetteTrainer(L.Trainer):
+    """Lightning's Trainer with ``tta``: the ``imagenette-sota tta`` subcommand."""
+
+    def tta(
+        self,
+        model: L.LightningModule,
+        datamodule: L.LightningDataModule,
+        ckpt_path: str,
+        n: int = 4,
+        beta: float = 0.25,
+        use_max: bool = False,
+        mode: Mode = "augment",
+    ) -> tuple[Tensor, Tensor]:
+        """Validation accuracy of the checkpoint at ckpt_path with and without test-time augmentation (fastai's tta).
+
+        Args:
+            ckpt_path: a checkpoint of a fit with the same model and data configuration.
+            n: augmented passes. beta: weight of the centre view. use_max: the max over the views instead.
+            mode: "augment" (n passes of the training augmentation), "flip" or "five_crop".
+        """
+        # Lightning's own checkpoints, which hold the data module's state (sizes, statistics) beside the weights.
+        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        model.load_state_dict(checkpoint["state_dict"])
+        if type(datamodule).__qualname__ in checkpoint:
+            datamodule.load_state_dict(checkpoint[type(datamodule).__qualname__])
+        return tta(self, model, datamodule, n=n, beta=beta, use_max=use_max, mode=mode)
+
 
 class ImagenetteCLI(LightningCLI):
-    """LightningCLI with ``num_classes`` derived from the data, never configured twice."""
+    """LightningCLI with ``num_classes`` taken from the data, TensorBoard monitoring by default and ``tta``."""
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """Lightning's subcommands and ``tta``."""
+        return {**LightningCLI.subcommands(), "tta": {"model", "datamodule"}}
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        """Link the data module's class count into the model."""
+        """Link the class count into the model; add the monitoring callbacks and the default logger."""
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+        parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
+        parser.add_lightning_class_args(Inspection, "inspection")
+        parser.set_defaults(
+            {
+                "trainer.logger": {
+                    "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                    "init_args": {"save_dir": "lightning_logs", "name": ""},
+                },
+                "lr_monitor.logging_interval": "step",
+                "lr_monitor.log_momentum": True,
+            }
+        )
+
+    def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
+        """The Trainer; without a logger (``--trainer.logger false``) the lr monitor, which needs one, is left out."""
+        trainer = super().instantiate_trainer(**kwargs)
+        if not trainer.loggers:
+            trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, LearningRateMonitor)]
+        return trainer
 
     def after_fit(self) -> None:
         """Print the final validation metrics, the number a fit is run for."""
@@ -22,15 +100,58 @@ class ImagenetteCLI(LightningCLI):
             print("final " + "  ".join(f"{k}={v}" for k, v in sorted(metrics.items())))
 
 
+def config_error(error: BaseException) -> str | None:
+    """The message for a setting that a configured class rejected, naming its config key; None for other errors.
+
+    Rejections are Lightning's ``MisconfigurationException``, jsonargparse's errors and the explicit ``raise``
+    statements of this package (their messages name the parameter and the fix). The key is the parameter under
+    ``data`` or ``model`` when the data module or the model raised, else the argument jsonargparse was building, else
+    the name of the class that raised.
+    """
+    if isinstance(error, MisconfigurationException):
+        return f"error: {error}"
+    where = traceback.extract_tb(error.__traceback__)[-1]
+    ours = where.filename.startswith(PACKAGE) and (where.line or "").startswith("raise")
+    if not ours and not where.filename.startswith(JSONARGPARSE):
+        return None
+    message = str(error.args[0]) if error.args else str(error)
+    owners = [frame.f_locals.get("self") for frame, _ in reversed(list(traceback.walk_tb(error.__traceback__)))]
+    for owner in owners:
+        group = next((key for key, cls in GROUPS.items() if isinstance(owner, cls)), None)
+        if group is not None:
+            params = [p for p in inspect.signature(type(owner)).parameters if re.search(rf"\b{p}\b", message)]
+            keys = [f"{group}.{p}" for p in params] or [group]
+            break
+        if isinstance(owner, argparse.Action):
+            keys = [owner.dest]
+            break
+    else:  # another class (a callback, a dataclass): its name
+        owner = next((o for o in owners if o is not None), None)
+        return f"error: {type(owner).__name__}: {message}" if owner is not None else f"error: {message}"
+    fix = f"fix it in the config file or with --{keys[0]} on the command line"
+    return f"error: {', '.join(keys)}: {message}\n  {fix}"
+
+
 def cli(args: list[str] | None = None) -> ImagenetteCLI:
-    """Run the CLI on ``args`` (None: the command line) and return it, for tests and notebooks."""
-    return ImagenetteCLI(
-        ImagenetteClassifier,
-        ImagenetteDataModule,
-        seed_everything_default=42,
-        args=args,
-        save_config_kwargs={"overwrite": True},
-    )
+    """Run the CLI on ``args`` (None: the command line) and return it, for tests and notebooks.
+
+    A setting that a class rejects ends the run like a parser error (a message on stderr, exit status 2).
+    """
+    try:
+        return ImagenetteCLI(
+            ImagenetteClassifier,
+            ImagenetteDataModule,
+            trainer_class=ImagenetteTrainer,
+            seed_everything_default=42,
+            args=args,
+            save_config_kwargs={"overwrite": True},
+        )
+    except (ValueError, TypeError, KeyError, FileNotFoundError, MisconfigurationException) as error:
+        message = config_error(error)
+        if message is None:
+            raise
+        print(message, file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def main(args: list[str] | None = None) -> None:

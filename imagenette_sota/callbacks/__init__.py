@@ -1,7 +1,8 @@
 """Callbacks: whatever changes with the epoch or runs around training."""
 
+from imagenette_sota.callbacks.inspection import Inspection
 from imagenette_sota.callbacks.lr_finder import LRFinder
 from imagenette_sota.callbacks.progressive import ProgressiveResize, Ramp, Stage
 from imagenette_sota.callbacks.tta import GatherPredictions, TTAPredictor, tta
 
-__all__ = ["GatherPredictions", "LRFinder", "ProgressiveResize", "Ramp", "Stage", "TTAPredictor", "tta"]
+__all__ = ["GatherPredictions", "Inspection", "LRFinder", "ProgressiveResize", "Ramp", "Stage", "TTAPredictor", "tta"]

@@ -1,0 +1,138 @@
+"""The command line: defaults, round trips, clear configuration errors, no logger, and the tta subcommand."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from imagenette_sota.cli import cli, config_error
+
+from .conftest import MINI_MD5
+
+CONFIGS = Path(__file__).parents[1] / "configs"
+QUICK = str(CONFIGS / "cpu_quick.yaml")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def small(mini_dir: Path) -> list[str]:
+    """Overrides that make the quick config run in seconds on the mini archive."""
+    return [
+        "--data.root",
+        str(mini_dir),
+        "--data.num_workers",
+        "0",
+        "--data.presize",
+        "48",
+        "--data.train_size",
+        "32",
+        "--data.batch_size",
+        "10",
+    ]
+
+
+def printed(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """What ``--print_config`` prints for `args`."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli([*args, "--print_config"])
+    assert exit_info.value.code in (0, None)
+    return capsys.readouterr().out
+
+
+def rejected(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """The error message of a run that must stop before training: exit status 2, a message and no traceback."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err
+
+
+def test_defaults_seed_tensorboard_and_monitors(capsys: pytest.CaptureFixture[str]) -> None:
+    config = yaml.safe_load(printed(["fit"], capsys))
+    assert config["seed_everything"] == 42
+    logger = config["trainer"]["logger"]
+    assert logger["class_path"] == "lightning.pytorch.loggers.TensorBoardLogger"
+    assert logger["init_args"]["save_dir"] == "lightning_logs"
+    assert config["lr_monitor"] == {"logging_interval": "step", "log_momentum": True, "log_weight_decay": False}
+    assert config["inspection"] == {"max_images": 16, "top_losses": 9, "confusion_matrix": True}
+    assert "num_classes" not in config["model"]  # linked from the data, never configured
+
+
+@pytest.mark.parametrize("name", ["cpu_quick", "progressive"])  # progressive: a schedule keyed by epoch numbers
+def test_print_config_round_trips(name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = str(CONFIGS / f"{name}.yaml")
+    first = printed(["fit", "--config", config, "--model.mixup_alpha", "0.4", "--inspection.top_losses", "4"], capsys)
+    saved = tmp_path / "config.yaml"
+    saved.write_text(first)
+    assert printed(["fit", "--config", str(saved)], capsys) == first
+    assert yaml.safe_load(first)["model"]["mixup_alpha"] == 0.4
+
+
+def test_num_classes_comes_from_the_data_and_runs_without_a_logger(mini_dir: Path) -> None:
+    run = cli(["fit", "--config", QUICK, *small(mini_dir), "--trainer.logger", "false", "--trainer.fast_dev_run", "1"])
+    assert run.model.hparams.num_classes == run.datamodule.num_classes == 10
+    assert run.trainer.global_step == 1  # the lr monitor, which needs a logger, was left out rather than failing
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--data.presize", "0"], ["data.presize", "must be a positive integer", "--data.presize"]),
+        (["--data.batch_size", "-4"], ["data.batch_size", "must be a positive integer"]),
+        (["--data.dataset", "imagenet"], ["data.dataset", "choose one of", "imagenette2-160"]),
+        (["--data.train_size", "big"], ['"data.train_size"', "int"]),
+        (["--data.no_such_key", "1"], ["--data.no_such_key"]),
+        (["--data.augment.min_scale", "0"], ["data.augment", "min_scale=0.0 must be in (0, 1]"]),
+        (["--model.mixup_alpha", "0.4", "--model.cutmix_alpha", "1"], ["model.mixup_alpha", "choose mixup or cutmix"]),
+        (["--inspection.top_losses", "-1"], ["Inspection", "top_losses=-1 must be >= 0"]),
+    ],
+)
+def test_configuration_errors_name_the_key_and_the_fix(
+    args: list[str], expected: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    err = rejected(["fit", "--config", QUICK, *args], capsys)
+    for text in expected:
+        assert text in err
+
+
+def test_a_missing_dataset_is_a_configuration_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "nowhere" / "imagenette2-160.tgz"
+    args = ["--data.root", str(tmp_path), "--data.url", str(missing), "--trainer.fast_dev_run", "1"]
+    err = rejected(["fit", "--config", QUICK, *args], capsys)
+    assert "data.url" in err and str(missing) in err and "does not exist" in err
+
+
+def test_other_errors_keep_their_traceback() -> None:
+    with pytest.raises(ValueError) as error_info:
+        int("not a number")  # raised outside the package: a bug to debug, not a setting to fix
+    assert config_error(error_info.value) is None
+
+
+def test_tta_scores_a_checkpoint(
+    mini_archive: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = [
+        *small(tmp_path),
+        "--data.url",
+        str(mini_archive),
+        "--data.md5",
+        MINI_MD5,
+        "--trainer.logger.init_args.save_dir",
+        str(tmp_path / "logs"),
+    ]
+    cli(["fit", "--config", QUICK, *data, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1"])
+    (ckpt,) = (tmp_path / "logs").glob("cpu_quick/version_0/checkpoints/*.ckpt")
+    with caplog.at_level(logging.INFO):
+        run = cli(["tta", "--config", QUICK, *data, "--ckpt_path", str(ckpt), "--n", "1"])
+    saved = torch.load(ckpt, weights_only=False)["state_dict"]
+    assert all(torch.equal(value, saved[key]) for key, value in run.model.state_dict().items())
+    assert "TTA (augment) accuracy" in caplog.text + capsys.readouterr().err
