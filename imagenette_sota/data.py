@@ -180,6 +180,11 @@ class ImagenetteDataModule(L.LightningDataModule):
             train_items = self._relabel(train_items, classes)
         val_items = scan_split(self.data_dir / "val", classes)
         self.train_set, self.val_set = self._images("train", train_items), self._images("val", val_items)
+        if len(self.train_set) < self.batch_size:
+            raise ValueError(
+                f"batch_size={self.batch_size} is more than the {len(self.train_set)} training images (the last "
+                "partial batch is dropped, so an epoch would be empty): use a smaller batch_size"
+            )
 
     def _images(self, split: str, items: list[tuple[Path, int]]) -> PresizedImages | CachedImages:
         train = split == "train"

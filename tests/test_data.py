@@ -298,3 +298,8 @@ def test_shuffle_is_a_function_of_seed_and_epoch(downloaded: ImagenetteDataModul
     L.seed_everything(3)
     assert order(1) == order(1) and order(0) != order(1)
     assert sorted(order(2)) == list(range(len(downloaded.train_set)))  # one process: every image once
+
+
+def test_batch_larger_than_the_training_set_is_refused(downloaded: ImagenetteDataModule) -> None:
+    with pytest.raises(ValueError, match="batch_size=201 is more than the 200 training images"):
+        ImagenetteDataModule(root=downloaded.data_dir, batch_size=201).setup()
