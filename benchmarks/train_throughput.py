@@ -62,7 +62,6 @@ def ours(data_dir, arch: str, size: int, args: argparse.Namespace) -> float:
 def fastai_learner(data_dir, arch: str, size: int, args: argparse.Namespace) -> float:
     """Images/s of fastai's fit_one_cycle with the same model, data pipeline settings and batch count."""
     from fastai.callback.core import Callback, CancelFitException
-    from fastai.vision import models as fa_models
     from fastai.vision.all import (
         CategoryBlock,
         CrossEntropyLossFlat,
@@ -78,6 +77,7 @@ def fastai_learner(data_dir, arch: str, size: int, args: argparse.Namespace) -> 
         imagenet_stats,
         parent_label,
     )
+    from fastai.vision.models import xresnet as fa_models
 
     class Clock(Callback):
         order = 99
