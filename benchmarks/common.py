@@ -56,3 +56,30 @@ def report(figures: dict) -> None:
     """Print the figures, the last line one JSON object."""
     figures = {"machine": machine(), **figures}
     print(json.dumps(figures), flush=True)
+
+
+def fastai_dataloaders(data_dir: Path, presize: int, size: int, bs: int, workers: int, device: str | None = None):
+    """fastai's DataBlock for the chapter: ``Resize(presize)``, ``aug_transforms(size, min_scale=0.75)``, Normalize."""
+    import torch
+    from fastai.vision.all import (
+        CategoryBlock,
+        DataBlock,
+        GrandparentSplitter,
+        ImageBlock,
+        Normalize,
+        Resize,
+        aug_transforms,
+        get_image_files,
+        imagenet_stats,
+        parent_label,
+    )
+
+    block = DataBlock(
+        blocks=(ImageBlock, CategoryBlock),
+        get_items=get_image_files,
+        splitter=GrandparentSplitter(valid_name="val"),
+        get_y=parent_label,
+        item_tfms=Resize(presize),
+        batch_tfms=[*aug_transforms(size=size, min_scale=0.75), Normalize.from_stats(*imagenet_stats)],
+    )
+    return block.dataloaders(data_dir, bs=bs, num_workers=workers, device=torch.device(device) if device else None)

@@ -18,7 +18,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import imagenette160, peak_rss_gib, report
+from benchmarks.common import fastai_dataloaders, imagenette160, peak_rss_gib, report
 from imagenette_sota import models
 from imagenette_sota.data import ImagenetteDataModule
 from imagenette_sota.module import ImagenetteClassifier
@@ -93,34 +93,11 @@ def ours(data_dir, args: argparse.Namespace) -> dict[str, float]:
 
 def fastai_run(data_dir, args: argparse.Namespace) -> dict[str, float]:
     """Wall time and final validation accuracy of the same recipe with fastai's Learner."""
-    from fastai.vision.all import (
-        CategoryBlock,
-        CrossEntropyLossFlat,
-        DataBlock,
-        GrandparentSplitter,
-        ImageBlock,
-        Learner,
-        Normalize,
-        Resize,
-        accuracy,
-        aug_transforms,
-        get_image_files,
-        imagenet_stats,
-        parent_label,
-        set_seed,
-    )
+    from fastai.vision.all import CrossEntropyLossFlat, Learner, accuracy, set_seed
     from fastai.vision.models import xresnet as fa_models
 
     set_seed(0)
-    block = DataBlock(
-        blocks=(ImageBlock, CategoryBlock),
-        get_items=get_image_files,
-        splitter=GrandparentSplitter(valid_name="val"),
-        get_y=parent_label,
-        item_tfms=Resize(args.presize),
-        batch_tfms=[*aug_transforms(size=args.size, min_scale=0.75), Normalize.from_stats(*imagenet_stats)],
-    )
-    dls = block.dataloaders(data_dir, bs=args.bs, num_workers=args.workers)
+    dls = fastai_dataloaders(data_dir, args.presize, args.size, args.bs, args.workers)
     learn = Learner(dls, getattr(fa_models, args.arch)(n_out=10), loss_func=CrossEntropyLossFlat(), metrics=accuracy)
     start = time.perf_counter()
     with learn.no_bar():

@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from benchmarks.common import imagenette160, images_per_second, report
+from benchmarks.common import fastai_dataloaders, imagenette160, images_per_second, report
 from imagenette_sota.data import ImagenetteDataModule
 
 
@@ -63,28 +63,7 @@ def ours(data_dir, args: argparse.Namespace, cache: bool = False) -> dict[str, f
 
 def fastai_pipeline(data_dir, args: argparse.Namespace) -> float:
     """(d): fastai's DataBlock pipeline with the same presize, size, batch size and workers."""
-    from fastai.vision.all import (
-        CategoryBlock,
-        DataBlock,
-        GrandparentSplitter,
-        ImageBlock,
-        Normalize,
-        Resize,
-        aug_transforms,
-        get_image_files,
-        imagenet_stats,
-        parent_label,
-    )
-
-    block = DataBlock(
-        blocks=(ImageBlock, CategoryBlock),
-        get_items=get_image_files,
-        splitter=GrandparentSplitter(valid_name="val"),
-        get_y=parent_label,
-        item_tfms=Resize(args.presize),
-        batch_tfms=[*aug_transforms(size=args.size, min_scale=0.75), Normalize.from_stats(*imagenet_stats)],
-    )
-    dls = block.dataloaders(data_dir, bs=args.bs, num_workers=args.workers, device=torch.device(args.device))
+    dls = fastai_dataloaders(data_dir, args.presize, args.size, args.bs, args.workers, device=args.device)
     return max(images_per_second(dls.train, lambda b: len(b[1])) for _ in range(args.epochs))
 
 

@@ -15,7 +15,7 @@ import time
 import lightning as L
 import torch
 
-from benchmarks.common import imagenette160, report
+from benchmarks.common import fastai_dataloaders, imagenette160, report
 from imagenette_sota import models
 from imagenette_sota.data import ImagenetteDataModule
 from imagenette_sota.module import ImagenetteClassifier
@@ -62,21 +62,7 @@ def ours(data_dir, arch: str, size: int, args: argparse.Namespace) -> float:
 def fastai_learner(data_dir, arch: str, size: int, args: argparse.Namespace) -> float:
     """Images/s of fastai's fit_one_cycle with the same model, data pipeline settings and batch count."""
     from fastai.callback.core import Callback, CancelFitException
-    from fastai.vision.all import (
-        CategoryBlock,
-        CrossEntropyLossFlat,
-        DataBlock,
-        GrandparentSplitter,
-        ImageBlock,
-        Learner,
-        Normalize,
-        Resize,
-        accuracy,
-        aug_transforms,
-        get_image_files,
-        imagenet_stats,
-        parent_label,
-    )
+    from fastai.vision.all import CrossEntropyLossFlat, Learner, accuracy
     from fastai.vision.models import xresnet as fa_models
 
     class Clock(Callback):
@@ -97,15 +83,7 @@ def fastai_learner(data_dir, arch: str, size: int, args: argparse.Namespace) -> 
                 if self.seen == args.warmup + args.batches:
                     raise CancelFitException
 
-    block = DataBlock(
-        blocks=(ImageBlock, CategoryBlock),
-        get_items=get_image_files,
-        splitter=GrandparentSplitter(valid_name="val"),
-        get_y=parent_label,
-        item_tfms=Resize(args.presize),
-        batch_tfms=[*aug_transforms(size=size, min_scale=0.75), Normalize.from_stats(*imagenet_stats)],
-    )
-    dls = block.dataloaders(data_dir, bs=args.bs, num_workers=args.workers)
+    dls = fastai_dataloaders(data_dir, args.presize, size, args.bs, args.workers)
     clock = Clock()
     learn = Learner(
         dls, getattr(fa_models, arch)(n_out=10), loss_func=CrossEntropyLossFlat(), metrics=accuracy, cbs=clock
