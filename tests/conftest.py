@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 # The archives live beside the repository (../shared/data); IMAGENETTE_SHARED_DATA overrides.
 SHARED_DATA = Path(os.environ.get("IMAGENETTE_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -38,3 +40,12 @@ def mini_root(mini_archive: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 def mini_dir(mini_root: Path) -> Path:
     """The extracted mini dataset folder itself."""
     return mini_root / "imagenette2-160-mini"
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """One intra-op thread for a module of small steps: two per process on 2 shared cores slow them up to 20x."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -17,9 +17,7 @@ CONFIGS = Path(__file__).parents[1] / "configs"
 QUICK = str(CONFIGS / "cpu_quick.yaml")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")  # restores the thread count afterwards, unlike a bare set
 
 
 def small(mini_dir: Path) -> list[str]:

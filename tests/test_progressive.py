@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -34,13 +33,7 @@ SCHEDULE = {
 tiny_xresnet = partial(XResNet, layers=(1, 1, 1, 1), widen=0.5)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """One intra-op thread: two threads per process on a shared 2-core machine slow small steps down."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def fastai_lr(cycle: Cycle, i: int, n: int) -> float:

@@ -1,27 +1,6 @@
 """Network architectures: the xresnet family (fastai 2.8 semantics) as plain nn.Modules."""
 
-from imagenette_sota.models.xresnet import (
-    ConvBN,
-    ResBlock,
-    SimpleSelfAttention,
-    XResNet,
-    init_cnn,
-    xresnet18,
-    xresnet34,
-    xresnet50,
-    xresnet101,
-    xresnet152,
-)
+from imagenette_sota.models import xresnet
+from imagenette_sota.models.xresnet import *  # noqa: F403 (the public names are xresnet.__all__)
 
-__all__ = [
-    "ConvBN",
-    "ResBlock",
-    "SimpleSelfAttention",
-    "XResNet",
-    "init_cnn",
-    "xresnet18",
-    "xresnet34",
-    "xresnet50",
-    "xresnet101",
-    "xresnet152",
-]
+__all__ = xresnet.__all__
