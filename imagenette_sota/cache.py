@@ -22,6 +22,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from imagenette_sota import seeds
 from imagenette_sota.dataset import DECODE_ERRORS, decode_error, open_rgb
 
 log = logging.getLogger(__name__)
@@ -135,12 +136,17 @@ class CachedImages(Dataset):
         """Labels in dataset order."""
         return self.labels
 
-    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[Tensor, int]:
+        """Image and label at index ``key`` or ``(index, seed)``; a train crop is drawn with ``seed`` if given."""
+        i, seed = key if isinstance(key, tuple) else (key, None)
         if self._pixels is None:
             self._pixels = np.load(self.pixels_path, mmap_mode="r")
         row, p = self.rows[i], self.presize
         slack = self.extent[row] - p
-        offset = int(torch.randint(slack + 1, ()).item()) if self.train else slack // 2
+        if self.train:  # without a seed (an index alone) the offset comes from the global RNG stream
+            offset = int(torch.randint(slack + 1, (), generator=None if seed is None else seeds.generator(seed)))
+        else:
+            offset = slack // 2
         crop = self._pixels[row, :, :, offset : offset + p]
         if self.transposed[row]:
             crop = crop.transpose(0, 2, 1)

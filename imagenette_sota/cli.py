@@ -3,7 +3,9 @@
 ``fit``, ``validate``, ``test`` and ``predict`` are Lightning's; ``tta`` scores a checkpoint with test-time
 augmentation. Every run logs to TensorBoard (``lightning_logs/<trainer.logger.init_args.name>/version_N``) with a
 ``LearningRateMonitor`` (lr and momentum per step) and ``Inspection`` (images, confusion matrix, top losses); both
-are configured under the top-level keys ``lr_monitor`` and ``inspection``.
+are configured under the top-level keys ``lr_monitor`` and ``inspection``. Checkpoints are written atomically
+(``trainer.plugins``: ``AtomicCheckpointIO``) and loaded with ``weights_only=True``; one of another architecture or
+number of classes is refused with the mismatching shapes.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from torch import Tensor
 from imagenette_sota.callbacks.inspection import Inspection
 from imagenette_sota.callbacks.tta import Mode, tta
 from imagenette_sota.data import ImagenetteDataModule
-from imagenette_sota.module import ImagenetteClassifier
+from imagenette_sota.module import ImagenetteClassifier, check_checkpoint
 
 PACKAGE = str(Path(__file__).resolve().parent)
 JSONARGPARSE = str(Path(jsonargparse.__file__).resolve().parent)
@@ -55,7 +57,8 @@ class ImagenetteTrainer(L.Trainer):
             mode: "augment" (n passes of the training augmentation), "flip" or "five_crop".
         """
         # Lightning's own checkpoints, which hold the data module's state (sizes, statistics) beside the weights.
-        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        check_checkpoint(model, checkpoint, ckpt_path)
         model.load_state_dict(checkpoint["state_dict"])
         if type(datamodule).__qualname__ in checkpoint:
             datamodule.load_state_dict(checkpoint[type(datamodule).__qualname__])
@@ -81,10 +84,16 @@ class ImagenetteCLI(LightningCLI):
                     "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                     "init_args": {"save_dir": "lightning_logs", "name": ""},
                 },
+                "trainer.plugins": {"class_path": "imagenette_sota.checkpoint_io.AtomicCheckpointIO"},
                 "lr_monitor.logging_interval": "step",
                 "lr_monitor.log_momentum": True,
             }
         )
+
+    def before_instantiate_classes(self) -> None:
+        """Load checkpoints with ``weights_only=True`` (no code runs) unless ``--weights_only`` says otherwise."""
+        if self.subcommand is not None and self.config[self.subcommand].get("weights_only", False) is None:
+            self.config[self.subcommand]["weights_only"] = True
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         """The Trainer; without a logger (``--trainer.logger false``) the lr monitor, which needs one, is left out."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -14,10 +15,11 @@ from torch import Tensor
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from imagenette_sota import augment as aug
+from imagenette_sota import seeds
 from imagenette_sota.cache import CachedImages
 from imagenette_sota.cache import build as build_cache
 from imagenette_sota.catalog import class_names, release
-from imagenette_sota.dataset import PresizedImages, collate_skipping, noisy_labels, scan_split
+from imagenette_sota.dataset import NOISY_LEVELS, PresizedImages, collate_skipping, noisy_labels, scan_split
 from imagenette_sota.download import (
     archive_stem,
     download,
@@ -29,6 +31,22 @@ from imagenette_sota.download import (
 )
 
 log = logging.getLogger(__name__)
+
+
+class SeededSampler(DistributedSampler):
+    """DistributedSampler of ``(index, seed)`` pairs: a sample's random crop is a function of (seed, epoch, index)."""
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = self.epoch
+        return ((i, seeds.derive(self.seed, seeds.CROP, epoch, i)) for i in super().__iter__())
+
+
+def _check_sizes(**sizes: int | None) -> None:
+    """Refuse a size that is not an integer >= 1 (``num_workers``: >= 0); ``None`` means the default."""
+    for name, value in sizes.items():
+        least, what = (0, "an integer >= 0") if name == "num_workers" else (1, "a positive integer")
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+            raise ValueError(f"{name}={value!r} must be {what}")
 
 
 class ImagenetteDataModule(L.LightningDataModule):
@@ -73,9 +91,20 @@ class ImagenetteDataModule(L.LightningDataModule):
             (``.presized/``); later epochs and runs decode nothing (see imagenette_sota.cache).
         """
         super().__init__()
-        for name, value in (("presize", presize), ("train_size", train_size), ("batch_size", batch_size)):
-            if value < 1:
-                raise ValueError(f"{name}={value} must be a positive integer")
+        _check_sizes(
+            presize=presize,
+            train_size=train_size,
+            val_size=val_size,
+            batch_size=batch_size,
+            val_batch_size=val_batch_size,
+            num_workers=num_workers,
+        )
+        if noisy_labels not in NOISY_LEVELS:
+            raise ValueError(f"noisy_labels={noisy_labels!r}: choose one of {NOISY_LEVELS} (percent of noisy labels)")
+        if normalize not in ("imagenet", "batch", "none"):
+            raise ValueError(f"normalize={normalize!r}: choose 'imagenet', 'batch' or 'none'")
+        if (size := max(train_size, val_size or 0)) > presize:
+            log.warning("images are presized to %d px, then upsampled to %d px: set presize >= %d", presize, size, size)
         self.dataset, self.root, self.url, self.md5 = dataset, Path(root), url, md5
         self.release = release(dataset)
         self.presize, self.train_size, self.val_size = presize, train_size, val_size
@@ -87,6 +116,7 @@ class ImagenetteDataModule(L.LightningDataModule):
         self._stats_fitted = normalize != "batch"
         self.train_set: PresizedImages | CachedImages | None = None
         self.val_set: PresizedImages | CachedImages | None = None
+        self._draws = (-1, 0)  # (optimizer step, training batches augmented at that step so far)
 
     # --- where the data is -------------------------------------------------------------------------------
     @property
@@ -196,13 +226,25 @@ class ImagenetteDataModule(L.LightningDataModule):
         csvs = sorted(self.data_dir.glob("noisy_*.csv"))
         if not csvs:
             raise FileNotFoundError(f"{self.data_dir} has no noisy_*.csv: noisy_labels needs the official CSV")
-        labels = noisy_labels(csvs[0], self.noisy_labels, classes)
+        labels, index = noisy_labels(csvs[0], self.noisy_labels), {wnid: i for i, wnid in enumerate(classes)}
         relabelled = []
         for path, _ in items:
             key = path.relative_to(self.data_dir).as_posix()
             if key not in labels:
                 raise KeyError(f"{csvs[0]} has no row for {key}: use the CSV that came with this dataset")
-            relabelled.append((path, labels[key]))
+            if labels[key] not in index:
+                raise ValueError(f"{csvs[0]}: label {labels[key]!r} of {key} is not a class folder of train/")
+            relabelled.append((path, index[labels[key]]))
+        # Rows for training images that are not on disk (deleted bad files, a subset) are ignored, and counted.
+        used = {path.relative_to(self.data_dir).as_posix() for path, _ in items}
+        if ignored := sorted(k for k in labels if k.startswith("train/") and k not in used):
+            log.warning(
+                "%s: ignored %d row(s) for training images that are not in %s (e.g. %s)",
+                csvs[0],
+                len(ignored),
+                self.data_dir / "train",
+                ", ".join(ignored[:3]),
+            )
         changed = sum(a[1] != b[1] for a, b in zip(items, relabelled, strict=True))
         log.info(
             "noisy_labels=%d: %d of %d training labels differ from the folders",
@@ -218,12 +260,9 @@ class ImagenetteDataModule(L.LightningDataModule):
         world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer is not None else (1, 0)
         sampler: Sampler | None = None
         if train:
-            # The shuffle is a function of the seed and the epoch (Lightning calls set_epoch), so a run resumed
-            # mid-training sees the same order as an uninterrupted one. Lightning keeps a DistributedSampler as is.
-            seed = int(
-                os.environ.get("PL_GLOBAL_SEED", 0)
-            )  # what seed_everything sets, as Lightning's own sampler reads
-            sampler = DistributedSampler(dataset, world, rank, shuffle=True, seed=seed)
+            # The shuffle and the crops are functions of the seed and the epoch (Lightning calls set_epoch), so a
+            # resumed run sees what an uninterrupted one did. Lightning keeps a DistributedSampler as is.
+            sampler = SeededSampler(dataset, world, rank, shuffle=True, seed=seeds.run_seed())
         elif world > 1:
             # Lightning's default DistributedSampler would repeat samples to even out the ranks, skewing the metrics.
             sampler = UnrepeatedDistributedSampler(dataset, world, rank, shuffle=False)
@@ -258,12 +297,23 @@ class ImagenetteDataModule(L.LightningDataModule):
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> tuple[Tensor, Tensor]:
         """The only place pixels change on the device: augment (training) or resize (otherwise), normalize."""
         x, y = batch
-        training = self.trainer is not None and self.trainer.training
-        return self.train_transform(x) if training else self.val_transform(x), y
+        if self.trainer is not None and self.trainer.training:
+            return self.train_transform(x, self._batch_generator(x.device)), y
+        return self.val_transform(x), y
 
-    def train_transform(self, x: Tensor) -> Tensor:
-        """uint8 presized batch -> augmented, normalized float batch at ``train_size``."""
-        out = self.augment(x, self.train_size) if self.augment else aug.resize(aug.to_float(x), self.train_size)
+    def _batch_generator(self, device: torch.device) -> torch.Generator:
+        """This training batch's augmentation seed: (run seed, rank, optimizer step, batch within the step)."""
+        step = self.trainer.global_step
+        self._draws = (step, self._draws[1] + 1 if self._draws[0] == step else 0)  # > 0 only when accumulating
+        seed = seeds.derive(seeds.run_seed(), seeds.AUGMENT, self.trainer.global_rank, step, self._draws[1])
+        return seeds.generator(seed, device)
+
+    def train_transform(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """uint8 presized batch -> augmented, normalized float batch at ``train_size`` (random: ``generator``)."""
+        if self.augment:
+            out = self.augment(x, self.train_size, generator)
+        else:
+            out = aug.resize(aug.to_float(x), self.train_size)
         if not self._stats_fitted:
             self.fit_stats(out)
         return self._normalize(out)

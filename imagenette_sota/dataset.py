@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,6 +13,8 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset, default_collate
 from torchvision.transforms.functional import pil_to_tensor
+
+from imagenette_sota import seeds
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +32,20 @@ class BadImageError(RuntimeError):
 
 def decode_error(path: Path, error: Exception) -> BadImageError:
     """The error for an undecodable ``path``: what happened and what to do."""
+    if isinstance(error, Image.DecompressionBombError):
+        return BadImageError(
+            f"{path}: too large to decode safely ({error}). Downscale the file, raise PIL.Image.MAX_IMAGE_PIXELS "
+            "if you trust it, or pass skip_bad_images=True to skip such files."
+        )
     return BadImageError(
         f"{path}: cannot decode image ({error}). Replace or delete the file, or pass "
         "skip_bad_images=True to skip such files."
     )
+
+
+def _is_image(path: Path) -> bool:
+    """An image by name: a known extension and not hidden (macOS ``._x.JPEG`` resource forks are not images)."""
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
 def scan_split(split_dir: Path, classes: Sequence[str]) -> list[tuple[Path, int]]:
@@ -40,36 +53,61 @@ def scan_split(split_dir: Path, classes: Sequence[str]) -> list[tuple[Path, int]
     if not split_dir.is_dir():
         raise FileNotFoundError(f"{split_dir} does not exist: the dataset folder needs train/ and val/ subfolders")
     found = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
+    strays = sorted(p for p in split_dir.iterdir() if not p.is_dir())
     if missing := sorted(set(classes) - set(found)):
         raise FileNotFoundError(f"{split_dir} lacks class folder(s) {missing}: every split needs every class")
     if extra := sorted(set(found) - set(classes)):
-        raise ValueError(f"{split_dir} has class folder(s) {extra} that the training split does not have")
-    items, strays = [], 0
+        raise ValueError(
+            f"{split_dir} has class folder(s) {extra} that the training split does not have: add them to train/ "
+            "or remove them"
+        )
+    items: list[tuple[Path, int]] = []
     for label, wnid in enumerate(classes):
-        files = sorted(p for p in (split_dir / wnid).iterdir() if p.is_file())
-        images = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
-        strays += len(files) - len(images)
+        files = sorted(p for p in (split_dir / wnid).iterdir() if not p.is_dir())
+        images = [p for p in files if _is_image(p)]
+        strays += [p for p in files if not _is_image(p)]
         if not images:
             raise FileNotFoundError(f"{split_dir / wnid} holds no images: add images or remove the folder")
         items += [(p, label) for p in images]
     if strays:
-        log.warning("%s: skipped %d file(s) that are not %s images", split_dir, strays, "/".join(IMAGE_EXTENSIONS))
+        log.warning(
+            "%s: skipped %d file(s) that are not %s images (e.g. %s)",
+            split_dir,
+            len(strays),
+            "/".join(IMAGE_EXTENSIONS),
+            ", ".join(p.relative_to(split_dir).as_posix() for p in strays[:3]),
+        )
     return items
 
 
-def noisy_labels(csv_path: Path, level: int, classes: Sequence[str]) -> dict[str, int]:
-    """Relative path -> label at ``level`` % label noise, from Imagenette's ``noisy_*.csv``."""
+def noisy_labels(csv_path: Path, level: int) -> dict[str, str]:
+    """Relative path -> class folder (wnid) at ``level`` % label noise, from Imagenette's ``noisy_*.csv``."""
     if level not in NOISY_LEVELS:
         raise ValueError(f"noisy_labels={level}: choose one of {NOISY_LEVELS} (percent of noisy labels)")
-    index = {wnid: i for i, wnid in enumerate(classes)}
+    column = f"noisy_labels_{level}"
     with open(csv_path, newline="") as f:
-        return {row["path"]: index[row[f"noisy_labels_{level}"]] for row in csv.DictReader(f)}
+        reader = csv.DictReader(f)
+        if missing := {"path", column} - set(reader.fieldnames or ()):
+            raise ValueError(f"{csv_path} lacks column(s) {sorted(missing)}: use Imagenette's noisy_*.csv")
+        return {row["path"]: row[column] for row in reader}
 
 
 def open_rgb(path: Path, min_size: int) -> Image.Image:
-    """Decode ``path`` as RGB; JPEGs decode straight to >= ``min_size`` via DCT scaling (fast on big images)."""
-    with Image.open(path) as img:
+    """Decode ``path`` as RGB; JPEGs decode straight to >= ``min_size`` via DCT scaling (fast on big images).
+
+    More pixels than ``PIL.Image.MAX_IMAGE_PIXELS`` left to decode raise ``DecompressionBombError``.
+    """
+    with warnings.catch_warnings():
+        # PIL warns on the header's size, but a big JPEG decodes draft-scaled: check what is decoded instead.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        img = Image.open(path)  # raises DecompressionBombError itself beyond twice the limit
+    with img:
         img.draft("RGB", (min_size, min_size))  # no-op unless JPEG and at least 2x larger than needed
+        if Image.MAX_IMAGE_PIXELS and (pixels := img.width * img.height) > Image.MAX_IMAGE_PIXELS:
+            raise Image.DecompressionBombError(
+                f"Image size ({pixels} pixels, {img.width}x{img.height}) exceeds limit of "
+                f"{Image.MAX_IMAGE_PIXELS} pixels"
+            )
         if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit greyscale: scale to 8 bits, don't clip
             img = img.point(lambda v: v / 256).convert("L")
         return img.convert("RGB")
@@ -105,9 +143,14 @@ class PresizedImages(Dataset):
         """Labels in dataset order."""
         return [label for _, label in self.items]
 
-    def __getitem__(self, i: int) -> tuple[Tensor, int] | None:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[Tensor, int] | None:
+        """Image and label at index ``key`` or ``(index, seed)``; a train crop is drawn with ``seed`` if given."""
+        i, seed = key if isinstance(key, tuple) else (key, None)
         path, label = self.items[i]
-        position = tuple(torch.rand(2).tolist()) if self.train else (0.5, 0.5)
+        if self.train:  # without a seed (an index alone) the position comes from the global RNG stream
+            position = tuple(torch.rand(2, generator=None if seed is None else seeds.generator(seed)).tolist())
+        else:
+            position = (0.5, 0.5)
         try:
             img = presize(open_rgb(path, self.presize), self.presize, position)
         except DECODE_ERRORS as e:

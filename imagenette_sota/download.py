@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
 import shutil
 import tarfile
+import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
+import zlib
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -25,6 +28,30 @@ class ChecksumError(RuntimeError):
 
 class UnsafeArchiveError(RuntimeError):
     """The archive holds a member that would escape the destination or is a link."""
+
+
+class BadArchiveError(RuntimeError):
+    """The file is not a complete, readable tar archive."""
+
+
+class StorageError(OSError):
+    """The data root cannot take the files: the disk is full, or it is read-only or not writable by us."""
+
+
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+_NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def storage_error(error: OSError, path: Path, root: Path) -> StorageError | None:
+    """A clear error (what, where, the fix) if writing ``path`` under ``root`` failed for lack of space or rights."""
+    where, option = error.filename or path, "(root=... / --data.root)"
+    if error.errno in _NO_SPACE:
+        what = f"no space left on the device writing {where}: free space under {root}, or choose a root {option}"
+        return StorageError(error.errno, f"{what} with room for the archive and the extracted dataset")
+    if error.errno in _NOT_WRITABLE:
+        what = f"cannot write {where} ({os.strerror(error.errno)}): choose a writable root {option}"
+        return StorageError(error.errno, f"{what} or make {root} writable")
+    return None
 
 
 def is_remote(url: str) -> bool:
@@ -75,10 +102,13 @@ def verify(path: Path, md5: str | None = None, size: int | None = None, head_md5
 
 
 def download(url: str, dest: Path, timeout: float = 60.0, progress: bool = True) -> Path:
-    """Fetch ``url`` to ``dest`` atomically: bytes go to a ``.part`` file renamed into place when complete."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    """Fetch ``url`` to ``dest`` atomically: bytes go to a ``.part`` file renamed into place when complete.
+
+    A ``dest`` named like a tar archive must receive one (not, say, an HTML error or login page).
+    """
     part = dest.with_name(dest.name + ".part")
     try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
         with urllib.request.urlopen(url, timeout=timeout) as response, open(part, "wb") as out:
             total = int(response.headers.get("Content-Length") or 0) or None
             with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, disable=not progress) as bar:
@@ -89,7 +119,21 @@ def download(url: str, dest: Path, timeout: float = 60.0, progress: bool = True)
             os.fsync(out.fileno())
         if total is not None and part.stat().st_size != total:
             raise ConnectionError(f"{url}: got {part.stat().st_size} of {total} bytes; run again to retry")
+        if dest.name.endswith((".tar.gz", ".tgz", ".tar")) and not tarfile.is_tarfile(part):
+            with open(part, "rb") as f:
+                head = f.read(60)
+            raise BadArchiveError(
+                f"{url} sent {part.stat().st_size} bytes of {response.headers.get('Content-Type')!r} starting "
+                f"{head!r}, not a tar archive (an error or login page?): check the url, or download the archive "
+                "yourself and pass its path as url"
+            )
         os.replace(part, dest)
+    except OSError as e:
+        part.unlink(missing_ok=True)
+        # URLError is an OSError too, but about the network: only the file system's errors are translated.
+        if not isinstance(e, urllib.error.URLError) and (clear := storage_error(e, part, dest.parent)):
+            raise clear from e
+        raise
     except BaseException:
         part.unlink(missing_ok=True)
         raise
@@ -111,10 +155,10 @@ def extract(archive: Path, root: Path, folder: str) -> Path:
     Members go to a temporary sibling folder that is renamed into place only when extraction finished,
     so an interrupted run never leaves a half dataset under ``root/folder``.
     """
-    root.mkdir(parents=True, exist_ok=True)
     target = root / folder
     tmp = root / f".{folder}.extracting-{uuid.uuid4().hex[:8]}"
     try:
+        root.mkdir(parents=True, exist_ok=True)
         with tarfile.open(archive) as tar:
             tar.extractall(tmp, filter=_refuse_unsafe)
         if not (tmp / folder).is_dir():
@@ -123,8 +167,13 @@ def extract(archive: Path, root: Path, folder: str) -> Path:
         os.replace(tmp / folder, target)
     except tarfile.FilterError as e:
         raise UnsafeArchiveError(f"{archive}: refusing to extract: {e}. The archive is unsafe; do not use it.") from e
-    except (tarfile.TarError, EOFError, OSError) as e:
-        raise RuntimeError(f"{archive}: cannot extract ({e}). Delete it so that it is downloaded again.") from e
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
+        if isinstance(e, OSError) and str(e.filename) != str(archive) and (clear := storage_error(e, tmp, root)):
+            raise clear from e
+        raise BadArchiveError(
+            f"{archive}: cannot extract ({e}): it is not a complete .tgz/.tar archive. Delete it and download it "
+            "again, or check the url/path you gave."
+        ) from e
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
@@ -137,3 +186,6 @@ def remove_stale(root: Path, folder: str) -> None:
     for leftover in root.glob(f".{folder}.extracting-*"):
         log.warning("removing %s left by an interrupted extraction", leftover)
         shutil.rmtree(leftover, ignore_errors=True)
+    for leftover in root.glob(f"{folder}.*.part"):
+        log.warning("removing %s left by an interrupted download", leftover)
+        leftover.unlink(missing_ok=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
 
@@ -10,13 +10,49 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from imagenette_sota import seeds
 from imagenette_sota.mixup import Mixed, cutmix, mixed_loss, mixup
 from imagenette_sota.models import xresnet50
 from imagenette_sota.schedule import Cycle, adam, one_cycle
 
 Batch = tuple[Tensor, Tensor]
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint whose weights do not fit the model (another architecture or number of classes)."""
+
+
+def check_checkpoint(
+    model: nn.Module, checkpoint: Mapping[str, Any], source: str | None = None, strict: bool = True
+) -> None:
+    """Raise CheckpointMismatchError, naming ``source`` and each mismatch, if ``checkpoint`` does not fit ``model``.
+
+    Shapes must agree for every weight both have; with ``strict`` the two must also hold the same weights.
+    """
+    saved, own = checkpoint["state_dict"], model.state_dict()
+    problems = [
+        f"{key}: {tuple(saved[key].shape)} in the checkpoint, {tuple(value.shape)} in the model"
+        for key, value in own.items()
+        if key in saved and saved[key].shape != value.shape
+    ]
+    if strict:
+        for keys, where in ((own.keys() - saved.keys(), "missing from"), (saved.keys() - own.keys(), "extra in")):
+            if keys:
+                problems.append(f"{len(keys)} weight(s) {where} the checkpoint, e.g. {', '.join(sorted(keys)[:3])}")
+    if not problems:
+        return
+    hparams = checkpoint.get("hyper_parameters", {})
+    trained = f" (trained with num_classes={hparams['num_classes']})" if "num_classes" in hparams else ""
+    name = f"checkpoint {source}" if source else "the checkpoint"
+    raise CheckpointMismatchError(
+        f"{name} does not fit this model{trained}:\n  "
+        + "\n  ".join(problems)
+        + "\nUse the backbone and the number of classes (the dataset) it was trained with, as its run's config.yaml "
+        "records them, or train without ckpt_path."
+    )
 
 
 class ImagenetteClassifier(L.LightningModule):
@@ -66,6 +102,9 @@ class ImagenetteClassifier(L.LightningModule):
         self.val_acc_top5 = MulticlassAccuracy(num_classes, top_k=top5, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc_top5 = MulticlassAccuracy(num_classes, top_k=top5, average="micro")
+        # A metric, not a logged mean: under DDP Lightning averages logged means with an integer sample count
+        # (99 images on 2 ranks: divided by 2 x 49), while a metric sums losses and counts exactly.
+        self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self.last_mixed: Mixed | None = None  # the latest mixed training batch (x, y_a, y_b, lam), for inspection
 
     def forward(self, x: Tensor) -> Tensor:
@@ -81,26 +120,45 @@ class ImagenetteClassifier(L.LightningModule):
         per_sample = partial(F.cross_entropy, reduction="none", label_smoothing=hp.label_smoothing)
         if hp.mixup_alpha > 0 or hp.cutmix_alpha > 0:
             mix, alpha = (mixup, hp.mixup_alpha) if hp.mixup_alpha > 0 else (cutmix, hp.cutmix_alpha)
-            x, y_a, y_b, lam = self.last_mixed = mix(x, y, alpha)
+            x, y_a, y_b, lam = self.last_mixed = mix(x, y, alpha, generator=self._mix_generator(batch_idx, x.device))
             loss = mixed_loss(per_sample, self(x), y_a, y_b, lam)
         else:
             loss = per_sample(self(x), y).mean()
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(y))
         return loss
 
+    def _mix_generator(self, batch_idx: int, device: torch.device) -> torch.Generator | None:
+        """Seeded from (run seed, rank, epoch, batch index) in a fit; None (the global stream) outside one."""
+        try:
+            trainer = self.trainer
+        except RuntimeError:  # not attached to a Trainer
+            return None
+        parts = (seeds.run_seed(), seeds.MIX, trainer.global_rank, trainer.current_epoch, batch_idx)
+        return seeds.generator(seeds.derive(*parts), device)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint of another architecture or number of classes with a clear message, before loading."""
+        try:
+            source = self.trainer.ckpt_path
+        except RuntimeError:  # not attached to a Trainer (load_from_checkpoint)
+            source = None
+        check_checkpoint(self, checkpoint, None if source is None else str(source), strict=self.strict_loading)
+
     def validation_step(self, batch: Batch, batch_idx: int) -> Tensor:
         """Loss and accuracy against the hard labels; returns the logits (for callbacks such as Inspection)."""
-        return self._evaluate(batch, "val", self.val_acc, self.val_acc_top5)
+        return self._evaluate(batch, "val", self.val_loss, self.val_acc, self.val_acc_top5)
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
         """Loss and accuracy against the hard labels."""
-        self._evaluate(batch, "test", self.test_acc, self.test_acc_top5)
+        self._evaluate(batch, "test", self.test_loss, self.test_acc, self.test_acc_top5)
 
-    def _evaluate(self, batch: Batch, stage: str, acc: MulticlassAccuracy, acc_top5: MulticlassAccuracy) -> Tensor:
-        """Log `stage`/loss, /acc and /acc_top5 for the epoch; return the logits."""
+    def _evaluate(
+        self, batch: Batch, stage: str, loss: MeanMetric, acc: MulticlassAccuracy, acc_top5: MulticlassAccuracy
+    ) -> Tensor:
+        """Log `stage`/loss, /acc and /acc_top5: means over every image of every rank; return the logits."""
         x, y = batch
         logits = self(x)
-        loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
+        loss(F.cross_entropy(logits, y, reduction="none", label_smoothing=self.hparams.label_smoothing))
         acc(logits, y)
         acc_top5(logits, y)
         log = partial(self.log, on_step=False, on_epoch=True, sync_dist=True, batch_size=len(y))

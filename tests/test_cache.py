@@ -51,6 +51,8 @@ def test_train_crops_slide_and_portraits_come_back_upright(data: Path, tmp_path:
     assert (val[1][0].float() - expected).abs().mean() < 8
     train = cache.CachedImages(path, items, train=True)
     assert len({tuple(train[0][0][0, 0, :6].tolist()) for _ in range(20)}) > 1  # the crop position is random
+    assert torch.equal(train[(1, 5)][0], train[(1, 5)][0])  # with the train sampler's seed: a function of it
+    assert len({tuple(train[(1, s)][0][0, 0, :6].tolist()) for s in range(20)}) > 1
 
 
 def test_built_once_and_rebuilt_when_a_source_changes(data: Path) -> None:

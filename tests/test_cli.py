@@ -1,20 +1,26 @@
-"""The command line: defaults, round trips, clear configuration errors, no logger, and the tta subcommand."""
+"""The command line: defaults, round trips, clear configuration errors, no logger, tta, and safe checkpoint loading."""
 
 from __future__ import annotations
 
 import logging
+import pickle
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from imagenette_sota.cli import cli, config_error
+from imagenette_sota.checkpoint_io import AtomicCheckpointIO
+from imagenette_sota.cli import ImagenetteTrainer, cli, config_error
+from imagenette_sota.data import ImagenetteDataModule
+from imagenette_sota.models import xresnet18
+from imagenette_sota.module import ImagenetteClassifier
 
 from .conftest import MINI_MD5
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 QUICK = str(CONFIGS / "cpu_quick.yaml")
+XRESNET34 = "imagenette_sota.models.xresnet34"
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # restores the thread count afterwards, unlike a bare set
@@ -115,22 +121,74 @@ def test_other_errors_keep_their_traceback() -> None:
     assert config_error(error_info.value) is None
 
 
-def test_tta_scores_a_checkpoint(
-    mini_archive: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
-) -> None:
+@pytest.fixture(scope="module")
+def fitted(mini_archive: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], Path]:
+    """The data arguments of a one-batch fit of the quick config (downloading the mini archive), and its checkpoint."""
+    root = tmp_path_factory.mktemp("fit")
     data = [
-        *small(tmp_path),
+        *small(root),
         "--data.url",
         str(mini_archive),
         "--data.md5",
         MINI_MD5,
         "--trainer.logger.init_args.save_dir",
-        str(tmp_path / "logs"),
+        str(root / "logs"),
     ]
     cli(["fit", "--config", QUICK, *data, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1"])
-    (ckpt,) = (tmp_path / "logs").glob("cpu_quick/version_0/checkpoints/*.ckpt")
+    (ckpt,) = (root / "logs").glob("cpu_quick/version_0/checkpoints/*.ckpt")
+    return data, ckpt
+
+
+def test_tta_scores_a_checkpoint(
+    fitted: tuple[list[str], Path], caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data, ckpt = fitted
     with caplog.at_level(logging.INFO):
         run = cli(["tta", "--config", QUICK, *data, "--ckpt_path", str(ckpt), "--n", "1"])
-    saved = torch.load(ckpt, weights_only=False)["state_dict"]
+    saved = torch.load(ckpt, weights_only=True)["state_dict"]
     assert all(torch.equal(value, saved[key]) for key, value in run.model.state_dict().items())
     assert "TTA (augment) accuracy" in caplog.text + capsys.readouterr().err
+    assert isinstance(run.trainer.strategy.checkpoint_io, AtomicCheckpointIO)  # the default plugin
+
+
+class Payload:
+    """Unpickles to a call: what a checkpoint from an untrusted source could run."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return Path.touch, (self.marker,)
+
+
+def test_checkpoints_load_weights_only(fitted: tuple[list[str], Path], tmp_path: Path) -> None:
+    data, ckpt = fitted
+    marker, unsafe = tmp_path / "code-ran", tmp_path / "unsafe.ckpt"
+    torch.save({**torch.load(ckpt, weights_only=True), "extra": Payload(marker)}, unsafe)
+    model, dm = ImagenetteClassifier(xresnet18), ImagenetteDataModule(root=tmp_path)
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        ImagenetteTrainer(logger=False).tta(model, dm, ckpt_path=str(unsafe))
+    assert not marker.exists()
+    quiet = ["--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path)]  # config.yaml goes there
+    run = cli(["validate", "--config", QUICK, *data, *quiet, "--trainer.limit_val_batches", "1"])
+    assert run.config["validate"]["weights_only"] is True  # what Trainer.fit, validate, ... load checkpoints with
+
+
+def test_checkpoints_of_another_model_are_refused_with_the_shapes(
+    fitted: tuple[list[str], Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data, ckpt = fitted
+    err = rejected(["tta", "--config", QUICK, *data, "--ckpt_path", str(ckpt), "--model.backbone", XRESNET34], capsys)
+    assert f"checkpoint {ckpt} does not fit this model" in err
+    assert "weight(s) missing from the checkpoint, e.g. model.4.2." in err and "Use the backbone" in err
+    # Five of the ten classes: the head has other shapes. Refused by fit before anything is trained.
+    source = Path(data[data.index("--data.root") + 1]) / "imagenette2-160-mini"
+    for split in ("train", "val"):
+        for wnid in sorted(p.name for p in (source / split).iterdir())[:5]:
+            (tmp_path / split).mkdir(exist_ok=True)
+            (tmp_path / split / wnid).symlink_to(source / split / wnid)
+    quiet = ["--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path)]
+    fit = ["fit", "--config", QUICK, *small(tmp_path), *quiet, "--ckpt_path", str(ckpt)]
+    err = rejected(fit, capsys)
+    assert f"checkpoint {ckpt} does not fit this model (trained with num_classes=10)" in err
+    assert "model.11.weight: (10, 512) in the checkpoint, (5, 512) in the model" in err

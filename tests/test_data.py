@@ -3,59 +3,27 @@
 from __future__ import annotations
 
 import csv
-import functools
-import http.server
-import io
-import shutil
-import tarfile
-import threading
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 
 import lightning as L
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from imagenette_sota.catalog import RELEASES, class_names
 from imagenette_sota.data import ImagenetteDataModule
-from imagenette_sota.dataset import BadImageError, PresizedImages, collate_skipping
-from imagenette_sota.download import ChecksumError, UnsafeArchiveError, extract
 
-from .conftest import MINI_MD5, SHARED_DATA
+from .conftest import MINI_MD5
+from .test_download_faults import serve
 
 WNIDS = list(class_names("imagenette2-160"))
-
-
-class _TruncatingHandler(http.server.SimpleHTTPRequestHandler):
-    """Serves files but, for paths under /cut/, announces the full length and hangs up halfway."""
-
-    def do_GET(self) -> None:
-        if not self.path.startswith("/cut/"):
-            return super().do_GET()
-        data = (Path(self.directory) / self.path.removeprefix("/cut/")).read_bytes()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data[: len(data) // 2])
-        self.wfile.flush()
-        self.close_connection = True
-
-    def log_message(self, *args: object) -> None:
-        pass
 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
     """An HTTP server on 127.0.0.1 serving ../shared/data; yields its base URL."""
-    handler = functools.partial(_TruncatingHandler, directory=str(SHARED_DATA))
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
+    with serve() as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -73,10 +41,6 @@ def downloaded(server: str, tmp_path_factory: pytest.TempPathFactory) -> Imagene
     dm.prepare_data()
     dm.setup("fit")
     return dm
-
-
-def _tree(root: Path) -> list[str]:
-    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*"))
 
 
 def test_official_releases_carry_urls_and_checksums() -> None:
@@ -162,144 +126,21 @@ def test_noisy_labels_follow_the_csv(downloaded: ImagenetteDataModule) -> None:
     assert dm.val_set.targets == downloaded.val_set.targets  # validation keeps the true labels
 
 
-def test_bad_checksum_leaves_nothing(server: str, tmp_path: Path) -> None:
-    dm = ImagenetteDataModule(root=tmp_path, url=f"{server}/imagenette2-160-mini.tgz", md5="0" * 32)
-    with pytest.raises(ChecksumError, match="imagenette2-160-mini.tgz"):
-        dm.prepare_data()
-    assert _tree(tmp_path) == []
-
-
-def test_interrupted_download_leaves_nothing_and_a_rerun_recovers(server: str, tmp_path: Path) -> None:
-    cut = ImagenetteDataModule(root=tmp_path, url=f"{server}/cut/imagenette2-160-mini.tgz", md5=MINI_MD5)
-    with pytest.raises(Exception, match=r"(?i)bytes|incomplete|read"):
-        cut.prepare_data()
-    assert _tree(tmp_path) == []
-    dm = ImagenetteDataModule(root=tmp_path, url=f"{server}/imagenette2-160-mini.tgz", md5=MINI_MD5)
-    dm.prepare_data()
-    dm.setup()
-    assert len(dm.train_set) == 200
-
-
-def test_interrupted_extraction_is_cleaned_and_redone(tmp_path: Path) -> None:
-    leftover = tmp_path / ".imagenette2-160-mini.extracting-deadbeef" / "imagenette2-160-mini" / "train"
-    leftover.mkdir(parents=True)  # what a killed extraction leaves: never the final folder
-    dm = ImagenetteDataModule(root=tmp_path, url=str(SHARED_DATA / "imagenette2-160-mini.tgz"), md5=MINI_MD5)
-    dm.prepare_data()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["imagenette2-160-mini"]
-    dm.setup()
-    assert len(dm.val_set) == 100
-
-
-def test_truncated_archive_leaves_no_dataset(tmp_path: Path) -> None:
-    broken = tmp_path / "imagenette2-160-mini.tgz"
-    broken.write_bytes((SHARED_DATA / "imagenette2-160-mini.tgz").read_bytes()[:500_000])
-    root = tmp_path / "root"
-    with pytest.raises(RuntimeError, match="cannot extract"):
-        extract(broken, root, "imagenette2-160-mini")
-    assert _tree(root) == []
-
-
-def _tar_with(path: Path, member: tarfile.TarInfo, data: bytes = b"x") -> None:
-    with tarfile.open(path, "w:gz") as tar:
-        ok = tarfile.TarInfo("evil/ok.txt")
-        ok.size = 1
-        tar.addfile(ok, io.BytesIO(b"x"))
-        member.size = len(data) if member.isfile() else 0
-        tar.addfile(member, io.BytesIO(data) if member.isfile() else None)
-
-
-@pytest.mark.parametrize("kind", ["dotdot", "absolute", "symlink", "hardlink"])
-def test_unsafe_members_are_refused(tmp_path: Path, kind: str) -> None:
-    member = tarfile.TarInfo(
-        {"dotdot": "evil/../../escaped.txt", "absolute": "/tmp/escaped.txt"}.get(kind, "evil/link")
-    )
-    if kind == "symlink":
-        member.type, member.linkname = tarfile.SYMTYPE, "/etc/passwd"
-    elif kind == "hardlink":
-        member.type, member.linkname = tarfile.LNKTYPE, "evil/ok.txt"
-    archive = tmp_path / "evil.tgz"
-    _tar_with(archive, member)
-    root = tmp_path / "root"
-    with pytest.raises(UnsafeArchiveError, match="evil"):
-        extract(archive, root, "evil")
-    assert _tree(root) == [] and not (tmp_path / "escaped.txt").exists()
-
-
-def test_unknown_dataset_and_bad_folders_say_what_to_do(tmp_path: Path, mini_dir: Path) -> None:
-    with pytest.raises(ValueError, match="unknown dataset 'imagenet'.*imagenette2-160"):
-        ImagenetteDataModule(dataset="imagenet")
-    with pytest.raises(ValueError, match="batch_size=0"):
-        ImagenetteDataModule(batch_size=0)
-    with pytest.raises(FileNotFoundError, match="prepare_data"):
-        ImagenetteDataModule(root=tmp_path / "nowhere").setup()
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        ImagenetteDataModule(root=tmp_path, url=str(tmp_path / "missing.tgz")).prepare_data()
-    data = tmp_path / "copy"
-    shutil.copytree(mini_dir, data)
-    shutil.rmtree(data / "val" / WNIDS[3])
-    with pytest.raises(FileNotFoundError, match=f"lacks class folder.*{WNIDS[3]}"):
-        ImagenetteDataModule(root=data).setup()
-    (data / "val" / WNIDS[3]).mkdir()
-    with pytest.raises(FileNotFoundError, match=f"{WNIDS[3]} holds no images"):
-        ImagenetteDataModule(root=data).setup()
-
-
-def _variant(src: Path, dst: Path, kind: str) -> Path:
-    """A real image rewritten as a particular kind of awkward file."""
-    img = Image.open(src).convert("RGB")
-    if kind == "grayscale":
-        img.convert("L").save(dst, "JPEG")
-    elif kind == "cmyk":
-        img.convert("CMYK").save(dst, "JPEG")
-    elif kind == "palette_png_named_jpeg":
-        img.convert("P").save(dst, "PNG")
-    elif kind == "rgba_webp":
-        img.convert("RGBA").save(dst, "WEBP")
-    elif kind == "16bit_png":
-        Image.fromarray(np.asarray(img.convert("L")).astype(np.uint16) * 257).save(dst, "PNG")
-    elif kind == "truncated":
-        dst.write_bytes(src.read_bytes()[:2000])
-    elif kind == "zero_bytes":
-        dst.write_bytes(b"")
-    elif kind == "random_bytes":
-        dst.write_bytes(torch.randint(0, 256, (5000,), dtype=torch.uint8).numpy().tobytes())
-    return dst
-
-
-@pytest.mark.parametrize("kind", ["grayscale", "cmyk", "palette_png_named_jpeg", "rgba_webp", "16bit_png"])
-def test_awkward_but_valid_images_become_rgb(mini_dir: Path, tmp_path: Path, kind: str) -> None:
-    src = next((mini_dir / "val" / WNIDS[0]).iterdir())
-    path = _variant(src, tmp_path / f"{kind}.JPEG" if kind != "rgba_webp" else tmp_path / "a.webp", kind)
-    x, label = PresizedImages([(path, 4)], presize=48, train=True)[0]
-    assert x.shape == (3, 48, 48) and x.dtype == torch.uint8 and label == 4
-    assert x.float().mean() > 20  # real content survived (16-bit is scaled, not clipped to white or black)
-    if kind in ("grayscale", "16bit_png"):
-        assert torch.equal(x[0], x[1]) and torch.equal(x[1], x[2])
-
-
-@pytest.mark.parametrize("kind", ["truncated", "zero_bytes", "random_bytes"])
-def test_corrupt_images_name_the_file_or_are_skipped(mini_dir: Path, tmp_path: Path, kind: str) -> None:
-    good = sorted((mini_dir / "val" / WNIDS[1]).iterdir())[:3]
-    bad = _variant(good[0], tmp_path / f"{kind}.JPEG", kind)
-    items = [(good[1], 1), (bad, 1), (good[2], 1)]
-    with pytest.raises(BadImageError, match=f"{kind}.JPEG.*skip_bad_images=True"):
-        PresizedImages(items, presize=32, train=False)[1]
-    ds = PresizedImages(items, presize=32, train=False, skip_bad_images=True)
-    x, y = collate_skipping([ds[i] for i in range(3)])
-    assert x.shape == (2, 3, 32, 32) and y.tolist() == [1, 1] and ds.skipped == 1
-
-
-def test_shuffle_is_a_function_of_seed_and_epoch(downloaded: ImagenetteDataModule) -> None:
-    def order(epoch: int) -> list[int]:
+def test_shuffle_and_crops_are_functions_of_seed_epoch_and_index(downloaded: ImagenetteDataModule) -> None:
+    def order(epoch: int) -> list[tuple[int, int]]:
         loader = downloaded.train_dataloader()  # a fresh loader, as in a resumed run
         loader.sampler.set_epoch(epoch)  # what Lightning's fit loop calls at each epoch start
-        return list(loader.sampler)
+        return list(loader.sampler)  # (index, crop seed) pairs
 
     L.seed_everything(3)
-    assert order(1) == order(1) and order(0) != order(1)
-    assert sorted(order(2)) == list(range(len(downloaded.train_set)))  # one process: every image once
-
-
-def test_batch_larger_than_the_training_set_is_refused(downloaded: ImagenetteDataModule) -> None:
-    with pytest.raises(ValueError, match="batch_size=201 is more than the 200 training images"):
-        ImagenetteDataModule(root=downloaded.data_dir, batch_size=201).setup()
+    first = order(1)
+    torch.rand(3)  # draws from the global streams change nothing
+    assert order(1) == first and order(0) != first
+    assert sorted(i for i, _ in order(2)) == list(range(len(downloaded.train_set)))  # one process: every image once
+    epoch0, epoch1 = dict(order(0)), dict(first)
+    assert all(epoch0[i] != epoch1[i] for i in range(20))  # another epoch, other crops
+    key = (3, epoch1[3])
+    crop = downloaded.train_set[key][0]
+    torch.manual_seed(123)
+    assert torch.equal(downloaded.train_set[key][0], crop)  # the seed fixes the crop
+    assert len({tuple(downloaded.train_set[(3, s)][0][0, 0, :8].tolist()) for s in range(20)}) > 1

@@ -1,30 +1,38 @@
 """Two processes on the CPU (ddp_spawn, gloo) on 99 validation images, which 2 ranks cannot split evenly.
 
-A fit's validation accuracy equals a one-process recomputation, and TTA predicts every image exactly once.
+A fit's and a validation's accuracy equal a one-process recomputation, every image is counted once, rank 0 alone
+writes the checkpoints, TTA predicts every image exactly once, and a rank that fails ends the whole run.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import os
 import shutil
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import Callback
+import yaml
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from imagenette_sota.callbacks import ProgressiveResize, Stage, tta
+from imagenette_sota.checkpoint_io import AtomicCheckpointIO
 from imagenette_sota.data import ImagenetteDataModule
 from imagenette_sota.models import XResNet
 from imagenette_sota.module import ImagenetteClassifier
 
+REPO = Path(__file__).resolve().parents[1]
 QUIET = {"accelerator": "cpu", "logger": False, "enable_progress_bar": False, "enable_model_summary": False}
 DDP = {**QUIET, "devices": 2, "strategy": "ddp_spawn"}
 TIMEOUT = 240  # s per DDP run: far above the ~15 s one takes on 2 cores, so only a hang reaches it
@@ -81,20 +89,67 @@ class FinalLR(Callback):
         pl_module.log("final_lr", trainer.optimizers[0].param_groups[0]["lr"], sync_dist=True)
 
 
-def test_ddp_fit_validation_accuracy_is_exact(odd_dir: Path) -> None:
+class Count(Callback):
+    """Logs the number of training and validation images seen, summed over the ranks."""
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, out: Any, batch: Any, i: int
+    ) -> None:
+        self._log(pl_module, "seen/train", batch)
+
+    def on_validation_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, out: Any, batch: Any, i: int, dataloader_idx: int = 0
+    ) -> None:
+        self._log(pl_module, "seen/val", batch)
+
+    @staticmethod
+    def _log(pl_module: L.LightningModule, name: str, batch: Any) -> None:
+        n = float(len(batch[1]))
+        pl_module.log(name, n, on_step=False, on_epoch=True, reduce_fx="sum", sync_dist=True, batch_size=1)
+
+
+class ListedIO(AtomicCheckpointIO):
+    """AtomicCheckpointIO that also appends "<pid> <path>" to ``listing`` for every save."""
+
+    def __init__(self, listing: Path) -> None:
+        super().__init__()
+        self.listing = listing
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
+        super().save_checkpoint(checkpoint, path, storage_options)
+        with open(self.listing, "a") as f:
+            f.write(f"{os.getpid()} {path}\n")
+
+
+def test_ddp_fit_validation_accuracy_is_exact(odd_dir: Path, tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = ImagenetteClassifier(backbone=tiny_xresnet, num_classes=10, lr=1e-2)
     dm = imagenette(odd_dir)
+    checkpoints, listing = tmp_path / "ckpt", tmp_path / "saves.txt"
     trainer = L.Trainer(
         max_epochs=1,
         num_sanity_val_steps=0,
-        enable_checkpointing=False,
-        callbacks=[ProgressiveResize({0: Stage(32, 16)}), FinalLR()],
+        callbacks=[
+            ProgressiveResize({0: Stage(32, 16)}),
+            FinalLR(),
+            Count(),
+            ModelCheckpoint(checkpoints, filename="{epoch}", save_last=True),
+        ],
+        plugins=[ListedIO(listing)],
         **DDP,
     )
     with deadline(TIMEOUT):
         trainer.fit(model, datamodule=dm)
     metrics = trainer.callback_metrics
+    # 2 ranks x 6 batches of 16 of their 100 training images (the partial batch dropped); each val image once.
+    assert metrics["seen/train"].item() == 192 and metrics["seen/val"].item() == 99
+    # One process wrote each checkpoint once, atomically: exactly these files, nothing left beside them.
+    # (ddp_spawn's rank 0 also saves the final weights to a temporary .temp.ckpt for the main process to load.)
+    saves = [line.split(" ", 1) for line in listing.read_text().splitlines()]
+    expected = ["epoch=0.ckpt", "last.ckpt"]
+    assert len({pid for pid, _ in saves}) == 1
+    assert sorted(Path(path).name for _, path in saves if Path(path).parent == checkpoints) == expected
+    assert sorted(p.name for p in checkpoints.iterdir()) == expected
     # Each rank trains on its 100 of the 200 images: 6 steps of 16 (global batch 32), the whole cycle.
     assert metrics["final_lr"].item() == pytest.approx(model.cycle.lr_max / model.cycle.div_final)
     assert metrics["train/image_size"].item() == 32 and metrics["train/batch_size"].item() == 16
@@ -102,6 +157,12 @@ def test_ddp_fit_validation_accuracy_is_exact(odd_dir: Path) -> None:
     assert ddp_acc * 99 == pytest.approx(round(ddp_acc * 99), abs=1e-4)  # counted over 99 images, not 100
     one = L.Trainer(devices=1, **QUIET).validate(model, datamodule=dm, verbose=False)[0]
     assert one["val/acc"] == pytest.approx(ddp_acc, abs=1e-6)
+    # A 2-process validation (ddp_fork: no re-import per process) counts the same 99 images to the same metrics.
+    with deadline(TIMEOUT):
+        two = L.Trainer(callbacks=[Count()], **{**DDP, "strategy": "ddp_fork"}).validate(model, dm, verbose=False)[0]
+    assert two["seen/val"] == 99
+    assert two["val/acc"] == pytest.approx(one["val/acc"], abs=1e-6)
+    assert two["val/loss"] == pytest.approx(one["val/loss"], rel=1e-5)
 
 
 def test_tta_under_ddp_predicts_each_image_once(odd_dir: Path) -> None:
@@ -123,3 +184,44 @@ def test_tta_under_ddp_predicts_each_image_once(odd_dir: Path) -> None:
     assert (augmented - seed0).abs().mean() < 2 * (seed0 - seed1).abs().mean()
     moved = F.cosine_similarity((augmented - centre).flatten(), (seed0 - centre).flatten(), dim=0)
     assert moved > 0.5
+
+
+class FailAt(Callback):
+    """Raises on rank ``rank`` when training step ``step`` starts; the other rank goes on into the next collective."""
+
+    def __init__(self, rank: int, step: int) -> None:
+        self.rank, self.step = rank, step
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, i: int) -> None:
+        if trainer.global_rank == self.rank and trainer.global_step == self.step:
+            raise RuntimeError(f"rank {self.rank} fails on purpose at step {self.step}")
+
+
+def test_a_failing_rank_ends_the_whole_run(odd_dir: Path, tmp_path: Path) -> None:
+    trainer = {
+        **QUIET,
+        "devices": 2,
+        "strategy": "ddp",  # the CLI starts itself again for rank 1, as on a real machine
+        "max_epochs": 1,
+        "num_sanity_val_steps": 0,
+        "default_root_dir": str(tmp_path),  # where the CLI saves config.yaml without a logger
+        "callbacks": [{"class_path": "tests.test_ddp.FailAt", "init_args": {"rank": 1, "step": 1}}],
+    }
+    config = {
+        "trainer": trainer,
+        "model": {"backbone": {"class_path": "imagenette_sota.models.XResNet", "init_args": {"layers": [1] * 4}}},
+        "data": {"root": str(odd_dir), "presize": 48, "train_size": 32, "batch_size": 16, "num_workers": 0},
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    cmd = [sys.executable, "-m", "imagenette_sota", "fit", "--config", str(path)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
+    run = subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True, **pipes)
+    try:
+        out, _ = run.communicate(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(run.pid, signal.SIGKILL)  # the launcher and the rank it started
+        pytest.fail(f"the run hung after rank 1 failed:\n{run.communicate()[0]}")
+    assert run.returncode != 0
+    assert "RuntimeError: rank 1 fails on purpose at step 1" in out

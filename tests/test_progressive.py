@@ -13,11 +13,10 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, RandomSampler, TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 
 from imagenette_sota.callbacks import ProgressiveResize, Ramp, Stage
 from imagenette_sota.data import ImagenetteDataModule
-from imagenette_sota.dataset import collate_skipping
 from imagenette_sota.models import XResNet
 from imagenette_sota.module import ImagenetteClassifier
 from imagenette_sota.schedule import Cycle, adam, fine_tune, one_cycle
@@ -72,34 +71,9 @@ class Probe(Callback):
         self.logged[trainer.current_epoch] = (m["train/image_size"].item(), m["train/batch_size"].item())
 
 
-class Reseed(Callback):
-    """Seeds the crops and augmentation of each epoch when it starts (a resumed run's epoch starts the same way)."""
-
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        L.seed_everything(SEED + trainer.current_epoch, verbose=False)
-
-
-class EpochSeeded(ImagenetteDataModule):
-    """Each epoch's shuffle from generators of its own: Lightning creates a resumed epoch's loader iterator once
-    and an uninterrupted epoch's twice, and each creation draws from the loader's generator (or the global one)."""
-
-    def train_dataloader(self) -> DataLoader:
-        order = RandomSampler(
-            self.train_set, generator=torch.Generator().manual_seed(SEED + self.trainer.current_epoch)
-        )
-        return DataLoader(
-            self.train_set,
-            batch_size=self.batch_size,
-            sampler=order,
-            drop_last=True,
-            collate_fn=collate_skipping,
-            generator=torch.Generator(),
-        )
-
-
 def imagenette(mini_dir: Path) -> ImagenetteDataModule:
     """The mini archive at 64 px presize; the sizes and batch sizes come from the schedule."""
-    return EpochSeeded(root=mini_dir, presize=64, train_size=64, batch_size=8, num_workers=0)
+    return ImagenetteDataModule(root=mini_dir, presize=64, train_size=64, batch_size=8, num_workers=0)
 
 
 def classifier() -> ImagenetteClassifier:
@@ -108,9 +82,13 @@ def classifier() -> ImagenetteClassifier:
 
 
 def fit(mini_dir: Path, ckpt_dir: Path, first_epoch: int = 0) -> tuple[Probe, ImagenetteClassifier, L.Trainer]:
-    """Three epochs of SCHEDULE, checkpointing every epoch; resumed from epoch `first_epoch`'s start if > 0."""
+    """Three epochs of SCHEDULE, checkpointing every epoch; resumed from epoch `first_epoch`'s start if > 0.
+
+    Nothing is reseeded on resume: crops, augmentation and shuffle are functions of the run seed and the position.
+    """
+    L.seed_everything(SEED, verbose=False)
     model, probe = classifier(), Probe()
-    callbacks = [ProgressiveResize(SCHEDULE), probe, Reseed()]
+    callbacks = [ProgressiveResize(SCHEDULE), probe]
     if first_epoch == 0:
         callbacks.append(ModelCheckpoint(ckpt_dir, filename="{epoch}", save_top_k=-1))
     trainer = L.Trainer(

@@ -1,0 +1,56 @@
+"""AtomicCheckpointIO: a checkpoint file is either the previous complete one or the new complete one, never partial.
+
+Lightning's ``TorchCheckpointIO`` (2.6) saves through an fsspec transaction: the bytes go to a temporary file made by
+``tempfile.mkstemp()`` in the system temporary folder, which is then moved onto the target. When that folder is on
+another filesystem (a tmpfs ``/tmp``, a container's overlay) the move is a copy into the target, so a kill during it
+leaves a truncated checkpoint under the real name (and the temporary file behind in ``/tmp``); nothing is fsynced.
+Here the bytes go to a hidden ``.<name>.partial`` beside the target, are flushed and fsynced, and ``os.replace``
+renames it onto the target (atomic within one filesystem), then the folder is fsynced so that the rename itself
+survives a power loss. A leftover ``.partial`` never matches ``*.ckpt``, so neither ``ckpt_path="last"`` nor a
+glob picks it up, and the next save of the same checkpoint overwrites it. Remote paths (``s3://`` and the like) go
+to Lightning's own transaction.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+
+def partial_path(path: str | Path) -> Path:
+    """Where the checkpoint for ``path`` is written before it is renamed onto ``path``."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.partial")
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """``TorchCheckpointIO`` that writes beside the target, fsyncs, and renames: a kill never leaves a partial file."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None) -> None:
+        """Save ``checkpoint`` to ``path`` atomically."""
+        if "://" in str(path) and not str(path).startswith("file://"):
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options: save without them")
+        target = Path(str(path).removeprefix("file://"))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = partial_path(target)
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        folder = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
