@@ -9,7 +9,7 @@ DATA_MD5 ?=
 ARGS ?=
 DATA_ARGS := $(if $(DATA_URL),--data.url $(DATA_URL)) $(if $(DATA_MD5),--data.md5 $(DATA_MD5))
 
-.PHONY: help install install-bench test lint format train tensorboard bench clean
+.PHONY: help install install-bench test lint format train tensorboard bench gpu-data clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -51,6 +51,22 @@ tensorboard: install  ## browse the runs in lightning_logs/
 bench: install-bench  ## data and training throughput vs fastai, side by side (minutes)
 	$(BIN)/python -m benchmarks.data_throughput
 	$(BIN)/python -m benchmarks.train_throughput
+
+# What benchmarks/gpu.sh needs on a lent GPU machine (no network there; carry .gpu-data): the compact WebP copy
+# of Imagenette, 300 JPEGs for the decode comparison, and pure-Python wheels it may lack (installed only if missing;
+# fastprogress 1.0.3 because 1.1 imports python-fasthtml, which is not there).
+SHARED_DATA ?= ../shared/data
+GPU_WHEELS := lightning==2.6.6 lightning-utilities==0.15.3 torchmetrics==1.9.0 fastai==2.8.12 fastcore==2.2.41 \
+	fasttransform==0.0.5 fastprogress==1.0.3 fastdownload==0.0.8 plum-dispatch==2.9.0 beartype==0.23.1
+
+gpu-data:  ## fill .gpu-data/ for benchmarks/gpu.sh (archives from SHARED_DATA + wheels, ~56 MB)
+	mkdir -p .gpu-data/wheels
+	cp -u $(SHARED_DATA)/imagenette2-128-webp.tgz $(SHARED_DATA)/imagenette2-160-mini.tgz .gpu-data/
+	cd .gpu-data && printf '%s  %s\n' 8cf62a33641bdb39c0dae5e503c111f7 imagenette2-128-webp.tgz \
+		ccd053d1de8a33be1698e43ec9141c1b imagenette2-160-mini.tgz | md5sum -c --quiet
+	$(PYTHON) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation py \
+		--abi none --platform any -d .gpu-data/wheels $(GPU_WHEELS)
+	du -sh .gpu-data
 
 clean:  ## remove the virtualenv, logs and caches (not the data)
 	rm -rf $(VENV) lightning_logs .pytest_cache .ruff_cache

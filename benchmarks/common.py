@@ -15,13 +15,16 @@ SHARED_DATA = Path(os.environ.get("IMAGENETTE_SHARED_DATA", REPO.parent / "share
 DATA_ROOT = Path(os.environ.get("IMAGENETTE_BENCH_ROOT", REPO / "data"))
 FULL_ARCHIVE = SHARED_DATA / "imagenette2-160.tgz"
 FULL_MD5 = "a335af0f5540a0fcdaca27d122aebf4a"  # the repacked local copy (../shared/data/README.md)
+MINI_ARCHIVE = SHARED_DATA / "imagenette2-160-mini.tgz"  # 20 train + 10 val images per class
+MINI_MD5 = "ccd053d1de8a33be1698e43ec9141c1b"
 
 
-def imagenette160() -> Path:
-    """The extracted imagenette2-160 folder, extracted from ../shared/data by the suite's own code once."""
+def imagenette160(mini: bool = False) -> Path:
+    """The extracted imagenette2-160 (or mini) folder, extracted from ../shared/data by the suite's code once."""
     from imagenette_sota.data import ImagenetteDataModule
 
-    dm = ImagenetteDataModule(root=DATA_ROOT, url=str(FULL_ARCHIVE), md5=FULL_MD5)
+    archive, md5 = (MINI_ARCHIVE, MINI_MD5) if mini else (FULL_ARCHIVE, FULL_MD5)
+    dm = ImagenetteDataModule(root=DATA_ROOT, url=str(archive), md5=md5)
     dm.prepare_data()
     return dm.data_dir
 

@@ -1,10 +1,15 @@
 """The CPU proxy recipe side by side with fastai, plus the model-compute floor, on imagenette2-160 (official val).
 
     python -m benchmarks.cpu_proxy [--epochs 5 --arch xresnet18 --presize 128 --size 64 --bs 64 --lr 3e-3]
+    python -m benchmarks.cpu_proxy --cache --workers 0 --ramp 48 --tta --skip-fastai  # progressive + TTA rows
 
 Recipe: xresnet18 from scratch, presize 128, 64 px, batch 64, one-cycle at 3e-3, no mixup, no label
 smoothing, validation every epoch. The floor is (train-step time x train steps) + (eval-step time x eval
 steps) measured on random tensors of the same shapes: what the model's arithmetic alone costs here.
+``--ramp MIN``: progressive resizing, the train size ramps from MIN px (epoch 0) to ``--size`` (last epoch),
+validating at ``--size``. ``--tta``: on our trained weights, plain accuracy at a few validation sizes, then
+TTA (flip, the training augmentation n=4, five crops), each timed; and, when fastai is installed, fastai's own
+``validate()`` and ``tta()`` on the same weights loaded into its xresnet.
 Last line: one JSON object (accuracies, wall times, ``time_ratio_vs_fastai``, ``ours_vs_floor``).
 """
 
@@ -13,6 +18,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
+from collections.abc import Callable
 
 import lightning as L
 import torch
@@ -20,6 +26,7 @@ import torch.nn.functional as F
 
 from benchmarks.common import fastai_dataloaders, imagenette160, peak_rss_gib, report
 from imagenette_sota import models
+from imagenette_sota.callbacks import ProgressiveResize, Ramp, tta
 from imagenette_sota.data import ImagenetteDataModule
 from imagenette_sota.module import ImagenetteClassifier
 from imagenette_sota.schedule import adam
@@ -27,8 +34,8 @@ from imagenette_sota.schedule import adam
 TRAIN_IMAGES, VAL_IMAGES = 9469, 3925
 
 
-def floor_seconds(arch: str, size: int, bs: int, epochs: int, val_bs: int, reps: int = 8) -> dict[str, float]:
-    """Model-compute floor: per-step times on random tensors x the recipe's step counts."""
+def step_times(arch: str, size: int, bs: int, val_bs: int, val_size: int, reps: int = 8) -> tuple[float, float]:
+    """Seconds per train step at ``size`` and per eval step at ``val_size``, on random tensors."""
     model = getattr(models, arch)(10)
     opt = adam(model, 3e-3)
     x, y = torch.randn(bs, 3, size, size), torch.randint(0, 10, (bs,))
@@ -38,7 +45,7 @@ def floor_seconds(arch: str, size: int, bs: int, epochs: int, val_bs: int, reps:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    xv = torch.randn(val_bs, 3, size, size)
+    xv = torch.randn(val_bs, 3, val_size, val_size)
 
     @torch.inference_mode()
     def eval_step() -> None:
@@ -53,29 +60,69 @@ def floor_seconds(arch: str, size: int, bs: int, epochs: int, val_bs: int, reps:
             step()
         return (time.perf_counter() - start) / reps
 
-    t_train, t_eval = per_step(train_step, True), per_step(eval_step, False)
-    steps_train, steps_eval = TRAIN_IMAGES // bs * epochs, math.ceil(VAL_IMAGES / val_bs) * epochs
+    return per_step(train_step, True), per_step(eval_step, False)
+
+
+def floor_seconds(arch: str, sizes: list[int], bs: int, val_bs: int, val_size: int) -> dict[str, float]:
+    """Model-compute floor: per-step times on random tensors x the recipe's step counts (``sizes``: per epoch)."""
+    times = {s: step_times(arch, s, bs, val_bs, val_size) for s in sorted(set(sizes))}
+    t_eval = times[sizes[-1]][1]
+    steps_train, steps_eval = TRAIN_IMAGES // bs, math.ceil(VAL_IMAGES / val_bs)
     return {
-        "floor_train_ips": bs / t_train,
+        "floor_train_ips": bs / times[sizes[-1]][0],
         "floor_eval_ips": val_bs / t_eval,
-        "floor_s": t_train * steps_train + t_eval * steps_eval,
+        "floor_s": sum(times[s][0] * steps_train + t_eval * steps_eval for s in sizes),
     }
 
 
-def ours(data_dir, args: argparse.Namespace) -> dict[str, float]:
-    """Wall time and final validation accuracy of the recipe with this suite."""
+def epoch_sizes(args: argparse.Namespace) -> list[int]:
+    """Train image side per epoch: ``--size`` throughout, or the ``--ramp`` from MIN to ``--size``."""
+    if args.ramp is None:
+        return [args.size] * args.epochs
+    return [ramp(args).size_at(e) for e in range(args.epochs)]
+
+
+def ramp(args: argparse.Namespace) -> Ramp:
+    """The progressive-resizing ramp of ``--ramp MIN``: MIN at epoch 0 to ``--size`` at the last epoch."""
+    return Ramp(args.ramp, args.size, start_epoch=0, end_epoch=args.epochs - 1, multiple=8)
+
+
+class EpochClock(L.Callback):
+    """Wall seconds since fit start and validation accuracy at the end of every validation epoch."""
+
+    def __init__(self) -> None:
+        self.start, self.times, self.accs = 0.0, [], []
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.start = time.perf_counter()
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self.times.append(time.perf_counter() - self.start)
+            self.accs.append(trainer.callback_metrics["val/acc"].item())
+
+
+def ours(data_dir, args: argparse.Namespace) -> tuple[dict, ImagenetteClassifier, ImagenetteDataModule]:
+    """Wall time and validation accuracy (per epoch) of the recipe with this suite, and the trained model and data."""
     L.seed_everything(0)
     dm = ImagenetteDataModule(
         root=data_dir,
         presize=args.presize,
         train_size=args.size,
+        val_size=args.val_size,
         batch_size=args.bs,
         val_batch_size=args.bs,
         num_workers=args.workers,
         cache=args.cache,
     )
     dm.prepare_data()  # a cache is built once, before the clock starts (later runs find it on disk)
-    model = ImagenetteClassifier(backbone=getattr(models, args.arch), num_classes=10, lr=args.lr)
+    model = ImagenetteClassifier(
+        backbone=getattr(models, args.arch), num_classes=10, lr=args.lr, label_smoothing=args.label_smoothing
+    )
+    clock = EpochClock()
+    callbacks: list[L.Callback] = [clock]
+    if args.ramp:
+        callbacks.append(ProgressiveResize(ramp=ramp(args), val_size=args.val_size or args.size))
     trainer = L.Trainer(
         accelerator="cpu",
         max_epochs=args.epochs,
@@ -84,51 +131,144 @@ def ours(data_dir, args: argparse.Namespace) -> dict[str, float]:
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
+        limit_train_batches=args.limit_batches,
+        limit_val_batches=args.limit_batches,
+        callbacks=callbacks,
     )
     start = time.perf_counter()
     trainer.fit(model, dm)
     wall = time.perf_counter() - start
-    return {"ours_acc": trainer.callback_metrics["val/acc"].item(), "ours_s": wall}
+    run = {"ours_acc": clock.accs[-1], "ours_s": wall, "ours_epoch_acc": clock.accs, "ours_epoch_s": clock.times}
+    return run, model, dm
 
 
-def fastai_run(data_dir, args: argparse.Namespace) -> dict[str, float]:
-    """Wall time and final validation accuracy of the same recipe with fastai's Learner."""
-    from fastai.vision.all import CrossEntropyLossFlat, Learner, accuracy, set_seed
+def ours_tta(model: ImagenetteClassifier, dm: ImagenetteDataModule, args: argparse.Namespace) -> dict[str, float]:
+    """On the trained weights: plain accuracy at a few validation sizes, then each TTA mode; all timed."""
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    figures: dict[str, float] = {}
+    for val_size in sorted({args.size, round(args.size * 1.125), round(args.size * 1.25), args.val_size or args.size}):
+        dm.val_size = val_size
+        start = time.perf_counter()
+        metrics = trainer.validate(model, dm, verbose=False)[0]
+        figures[f"plain_val{val_size}_acc"] = metrics["val/acc"]
+        figures[f"plain_val{val_size}_s"] = time.perf_counter() - start
+        print(f"plain at {val_size} px: {metrics['val/acc']:.4f}", flush=True)
+    dm.val_size = args.val_size
+    for name, kwargs in {"flip": {"mode": "flip"}, "n4": {"n": 4}, "five_crop": {"mode": "five_crop"}}.items():
+        start = time.perf_counter()
+        probs, targets = tta(trainer, model, dm, **kwargs)
+        figures[f"tta_{name}_acc"] = (probs.argmax(1) == targets).float().mean().item()
+        figures[f"tta_{name}_s"] = time.perf_counter() - start
+        print(f"TTA {name}: {figures[f'tta_{name}_acc']:.4f}", flush=True)
+    return figures
+
+
+def fastai_tta(data_dir, model: ImagenetteClassifier, args: argparse.Namespace) -> dict[str, float]:
+    """fastai's ``validate()`` and ``tta()`` (n=4, beta=0.25) on our trained weights, in its xresnet."""
+    from fastai.vision.all import CrossEntropyLossFlat, Learner, accuracy
     from fastai.vision.models import xresnet as fa_models
 
+    dls = fastai_dataloaders(data_dir, args.presize, args.size, args.bs, args.workers)
+    net = getattr(fa_models, args.arch)(n_out=10)
+    net.load_state_dict(model.model.state_dict())  # same keys and shapes (tests/test_xresnet.py)
+    learn = Learner(dls, net, loss_func=CrossEntropyLossFlat(), metrics=accuracy)
+    figures: dict[str, float] = {}
+    with learn.no_bar():
+        start = time.perf_counter()
+        figures["fastai_plain_acc"] = float(learn.validate()[1])
+        figures["fastai_plain_s"] = time.perf_counter() - start
+        start = time.perf_counter()
+        probs, targets = learn.tta()
+        figures["fastai_tta_n4_s"] = time.perf_counter() - start
+    figures["fastai_tta_n4_acc"] = accuracy(probs, targets).item()
+    print(f"fastai on our weights: plain {figures['fastai_plain_acc']:.4f}, tta {figures['fastai_tta_n4_acc']:.4f}")
+    return figures
+
+
+def fastai_run(data_dir, args: argparse.Namespace) -> dict:
+    """Wall time and validation accuracy (per epoch) of the recipe with fastai's Learner, fixed at ``--size``."""
+    from fastai.vision.all import CrossEntropyLossFlat, LabelSmoothingCrossEntropyFlat, Learner, accuracy, set_seed
+    from fastai.vision.models import xresnet as fa_models
+
+    # fit_one_cycle has no size ramp and validates at the train size: a --ramp or --val-size applies to ours only.
     set_seed(0)
     dls = fastai_dataloaders(data_dir, args.presize, args.size, args.bs, args.workers)
-    learn = Learner(dls, getattr(fa_models, args.arch)(n_out=10), loss_func=CrossEntropyLossFlat(), metrics=accuracy)
+    loss = LabelSmoothingCrossEntropyFlat(args.label_smoothing) if args.label_smoothing else CrossEntropyLossFlat()
+    learn = Learner(dls, getattr(fa_models, args.arch)(n_out=10), loss_func=loss, metrics=accuracy)
     start = time.perf_counter()
+    epoch_s = []
+
+    def tick() -> None:
+        epoch_s.append(time.perf_counter() - start)
+
     with learn.no_bar():
+        learn.add_cb(_fastai_epoch_clock(tick))
         learn.fit_one_cycle(args.epochs, args.lr)
     wall = time.perf_counter() - start
-    return {"fastai_acc": float(learn.recorder.values[-1][2]), "fastai_s": wall}
+    accs = [float(v[2]) for v in learn.recorder.values]
+    return {"fastai_acc": accs[-1], "fastai_s": wall, "fastai_epoch_acc": accs, "fastai_epoch_s": epoch_s}
+
+
+def _fastai_epoch_clock(tick: Callable[[], None]):
+    """A fastai callback calling ``tick`` after each epoch's validation."""
+    from fastai.callback.core import Callback
+
+    class EpochTick(Callback):
+        order = 60  # after the Recorder (50) has recorded the epoch
+
+        def after_epoch(self) -> None:
+            tick()
+
+    return EpochTick()
+
+
+def parser() -> argparse.ArgumentParser:
+    """The recipe's options (shared with cpu_time_to_accuracy)."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", default="xresnet18")
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--presize", type=int, default=128)
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--val-size", type=int, help="validation side (px); default: --size")
+    p.add_argument("--bs", type=int, default=64)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--cache", action="store_true", help="our side reads the decode-once cache")
+    p.add_argument("--ramp", type=int, metavar="MIN", help="progressive resizing from MIN px to --size")
+    p.add_argument("--limit-batches", type=int, help="train/val batches per epoch of our fit (smoke runs only)")
+    p.add_argument("--skip-fastai", action="store_true")
+    p.add_argument("--skip-ours", action="store_true", help="only the floor and fastai (ours measured apart)")
+    return p
+
+
+def recipe(args: argparse.Namespace) -> dict:
+    """The recipe's settings and its model-compute floor, printed as they are measured."""
+    keys = ("arch", "epochs", "presize", "size", "val_size", "ramp", "bs", "lr", "label_smoothing", "workers", "cache")
+    figures: dict = {k: getattr(args, k) for k in keys} | {"sizes": epoch_sizes(args)}
+    figures |= floor_seconds(args.arch, figures["sizes"], args.bs, val_bs=args.bs, val_size=args.val_size or args.size)
+    print(f"floor: {figures['floor_s']:.0f} s", flush=True)
+    return figures
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", default="xresnet18")
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--presize", type=int, default=128)
-    parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--bs", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--cache", action="store_true", help="our side reads the decode-once cache")
-    parser.add_argument("--skip-fastai", action="store_true")
-    parser.add_argument("--skip-ours", action="store_true", help="only the floor and fastai (ours measured apart)")
-    args = parser.parse_args()
-
+    p = parser()
+    p.add_argument("--tta", action="store_true", help="TTA rows on our weights (and fastai's tta on them)")
+    args = p.parse_args()
     data_dir = imagenette160()
-    figures: dict = {k: getattr(args, k) for k in ("arch", "epochs", "presize", "size", "bs", "lr", "workers", "cache")}
-    figures |= floor_seconds(args.arch, args.size, args.bs, args.epochs, val_bs=args.bs)
-    print(f"floor: {figures['floor_s']:.0f} s", flush=True)
+    figures = recipe(args)
     if not args.skip_ours:
-        figures |= ours(data_dir, args)
+        run, model, dm = ours(data_dir, args)
+        figures |= run
         figures["ours_peak_rss_gib"] = peak_rss_gib()
         figures["ours_vs_floor"] = figures["ours_s"] / figures["floor_s"]
         print(f"ours: {figures['ours_acc']:.4f} in {figures['ours_s']:.0f} s", flush=True)
+        if args.tta:
+            figures |= ours_tta(model, dm, args)
+            try:
+                figures |= fastai_tta(data_dir, model, args)
+            except ImportError:
+                print("fastai is not installed (make install-bench): no fastai tta row", flush=True)
     if not args.skip_fastai:
         figures |= fastai_run(data_dir, args)
         figures["fastai_vs_floor"] = figures["fastai_s"] / figures["floor_s"]
@@ -136,7 +276,16 @@ def main() -> None:
     if "ours_s" in figures and "fastai_s" in figures:
         figures["time_ratio_vs_fastai"] = figures["ours_s"] / figures["fastai_s"]
         figures["acc_diff_vs_fastai"] = figures["ours_acc"] - figures["fastai_acc"]
-    report({k: round(v, 4) if isinstance(v, float) else v for k, v in figures.items()})
+    report(rounded(figures))
+
+
+def rounded(figures: dict) -> dict:
+    """Floats (also inside lists) to 4 decimals, for the JSON line."""
+
+    def r(v):
+        return round(v, 4) if isinstance(v, float) else [r(x) for x in v] if isinstance(v, list) else v
+
+    return {k: r(v) for k, v in figures.items()}
 
 
 if __name__ == "__main__":
