@@ -5,10 +5,10 @@
 xresnet18 with progressive resizing (the image size ramps up and the batch size down, so the train loader and its
 worker processes are rebuilt every epoch), TensorBoard logging, the Inspection callback, atomic checkpoints every
 epoch (``last.ckpt`` and the newest epoch's), and TTA at the end. After every epoch it prints the resident memory
-(MiB) of this process and of it with its children (the DataLoader workers), and the number of open file
-descriptors. A leak shows as growth after the first epochs (the first one pays for imports, allocator pools and
-worker start-up). Last line: one JSON object with the per-epoch figures, their growth from epoch 2 to the last,
-and the TTA accuracy.
+(MiB) of this process, the proportional memory (PSS: shared pages split among the sharers) of it with its children
+(the DataLoader workers), and the number of open file descriptors. A leak shows as growth after the first epochs
+(the first one pays for imports, allocator pools and worker start-up). Last line: one JSON object with the
+per-epoch figures, their growth from epoch 2 to the last, and the TTA accuracy.
 """
 
 from __future__ import annotations
@@ -35,12 +35,18 @@ from imagenette_sota.module import ImagenetteClassifier
 PAGE_MIB = os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def rss_mib(pid: int | str = "self") -> float:
-    """Resident memory of process ``pid`` in MiB (0 if it has gone)."""
+def rss_mib() -> float:
+    """Resident memory of this process in MiB."""
+    return int(Path("/proc/self/statm").read_text().split()[1]) * PAGE_MIB
+
+
+def pss_mib(pid: int | str = "self") -> float:
+    """Proportional set size of process ``pid`` in MiB: shared pages count by their share (0 if it has gone)."""
     try:
-        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE_MIB
+        rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
     except (FileNotFoundError, ProcessLookupError):
         return 0.0
+    return next(int(line.split()[1]) for line in rollup.splitlines() if line.startswith("Pss:")) / 1024
 
 
 def children() -> list[int]:
@@ -61,7 +67,7 @@ class Watch(L.Callback):
 
     def __init__(self) -> None:
         self.rss: list[float] = []
-        self.rss_total: list[float] = []
+        self.pss_total: list[float] = []
         self.fds: list[int] = []
         self.start = time.perf_counter()
 
@@ -69,11 +75,12 @@ class Watch(L.Callback):
         gc.collect()
         rss = rss_mib()
         self.rss.append(round(rss, 1))
-        self.rss_total.append(round(rss + sum(rss_mib(pid) for pid in children()), 1))
+        workers = children()
+        self.pss_total.append(round(pss_mib() + sum(pss_mib(pid) for pid in workers), 1))
         self.fds.append(open_fds())
         print(
-            f"epoch {trainer.current_epoch + 1}: rss {rss:.0f} MiB (with children {self.rss_total[-1]:.0f}), "
-            f"{self.fds[-1]} open fds, {time.perf_counter() - self.start:.0f} s",
+            f"epoch {trainer.current_epoch + 1}: rss {rss:.0f} MiB, with {len(workers)} child processes "
+            f"{self.pss_total[-1]:.0f} MiB (pss), {self.fds[-1]} open fds, {time.perf_counter() - self.start:.0f} s",
             flush=True,
         )
 
@@ -136,10 +143,10 @@ def main() -> None:
         "workers": args.workers,
         "cache": args.cache,
         "rss_mib": watch.rss,
-        "rss_total_mib": watch.rss_total,
+        "pss_total_mib": watch.pss_total,
         "fds": watch.fds,
         "rss_growth_mib": growth(watch.rss),
-        "rss_total_growth_mib": growth(watch.rss_total),
+        "pss_total_growth_mib": growth(watch.pss_total),
         "fd_growth": growth(watch.fds),
         "tta_acc": round((probs.argmax(1) == targets).float().mean().item(), 4),
         "val_acc": round(val_acc, 4),
