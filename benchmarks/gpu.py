@@ -54,7 +54,7 @@ import torch
 from torch import Tensor
 
 from benchmarks import fast_paths
-from benchmarks.common import REPO, report
+from benchmarks.common import MINI_MD5, REPO, report
 
 if TYPE_CHECKING:
     import lightning as L
@@ -63,7 +63,7 @@ if TYPE_CHECKING:
 
 GPU_DATA = REPO / ".gpu-data"
 WEBP_ARCHIVE, WEBP_MD5 = GPU_DATA / "imagenette2-128-webp.tgz", "8cf62a33641bdb39c0dae5e503c111f7"
-JPEG_ARCHIVE, JPEG_MD5 = GPU_DATA / "imagenette2-160-mini.tgz", "ccd053d1de8a33be1698e43ec9141c1b"
+JPEG_ARCHIVE, JPEG_MD5 = GPU_DATA / "imagenette2-160-mini.tgz", MINI_MD5
 SECTIONS = ("env", "throughput", "time_to_90", "fastai", "compiled", "fast_paths")
 # Seconds a section needs at least to be started (full settings; --smoke needs far less).
 NEEDS = {"env": 0, "throughput": 40, "time_to_90": 60, "fastai": 40, "compiled": 90, "fast_paths": 30}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,13 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-# The archives live beside the repository (../shared/data); IMAGENETTE_SHARED_DATA overrides.
-SHARED_DATA = Path(os.environ.get("IMAGENETTE_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-MINI_ARCHIVE = SHARED_DATA / "imagenette2-160-mini.tgz"
-FULL_ARCHIVE = SHARED_DATA / "imagenette2-160.tgz"
-# Checksums of the repacked local archives (../shared/data/README.md), not of the official downloads.
-MINI_MD5 = "ccd053d1de8a33be1698e43ec9141c1b"
-FULL_MD5 = "a335af0f5540a0fcdaca27d122aebf4a"
+# The archives beside the repository (../shared/data; IMAGENETTE_SHARED_DATA overrides) and their checksums.
+from benchmarks.common import FULL_ARCHIVE, FULL_MD5, MINI_ARCHIVE, MINI_MD5, SHARED_DATA  # noqa: F401
 
 
 @pytest.fixture(scope="session")
