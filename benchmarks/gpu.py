@@ -10,7 +10,8 @@ own ``prepare_data`` into ``--scratch`` and cached presized (``cache=True``): fi
 source resolution". Sections, in this order (each in its own try/except: a failure is recorded under
 ``errors`` and the run goes on; a section that no longer fits the ``--budget`` is listed under ``skipped``):
 
-- ``env``: GPU name, driver, torch / CUDA / cuDNN / torchvision / lightning versions, Pillow's WebP support.
+- ``env``: GPU name, driver, torch / CUDA / cuDNN / torchvision / lightning versions, Pillow's WebP support, and
+  whether the training transform queues without a host sync (``torch.cuda.set_sync_debug_mode("error")``).
 - ``throughput``: ``--arch`` (xresnet50) training images/s at each of ``--sizes`` (128, 224), batch ``--bs``,
   bf16 autocast + channels_last, eager: ``model_only`` (random tensors on the device: forward, label-smoothed
   cross entropy, backward, fused AdamW), ``e2e_workers`` (ImagenetteDataModule with cache=True, DataLoader
@@ -250,8 +251,28 @@ def env(device: torch.device) -> dict[str, Any]:
             out["nvidia_smi"] = smi.stdout.strip() or smi.stderr.strip()
         except (OSError, subprocess.SubprocessError) as e:
             out["nvidia_smi"] = f"failed: {e}"
+        out["train_transform_host_syncs"] = transform_syncs(device)
     print(json.dumps(out), flush=True)
     return out
+
+
+def transform_syncs(device: torch.device) -> str:
+    """ "none" when the data module's training transform of a uint8 batch queues without a host sync, else why."""
+    from imagenette_sota import seeds
+    from imagenette_sota.data import ImagenetteDataModule
+
+    dm = ImagenetteDataModule(presize=128, train_size=112)
+    x = torch.randint(0, 256, (64, 3, 128, 128), dtype=torch.uint8, device=device)
+    dm.train_transform(x, seeds.generator(0))  # first call: copies the normalization statistics once
+    torch.cuda.synchronize(device)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        dm.train_transform(x, seeds.generator(1))
+        return "none"
+    except RuntimeError as e:
+        return f"synced: {e}".splitlines()[0]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
 
 
 def model_only(args: argparse.Namespace, size: int, device: torch.device, compile: bool) -> dict[str, Any]:

@@ -108,17 +108,26 @@ def resample(x: Tensor, matrices: Tensor, size: int | tuple[int, int], padding_m
     """ONE bilinear grid_sample of the float batch ``x`` through per-sample ``matrices`` to ``size``.
 
     When every sample shrinks by 2x or more, the batch is first area-averaged by the integer factor that
-    keeps the remaining shrink in [1, 2): bilinear sampling alone would alias.
+    keeps the remaining shrink in [1, 2): bilinear sampling alone would alias. ``matrices`` may live on the
+    host (then nothing waits for the device) or on ``x``'s device.
     """
     hw = _as_hw(size)
-    # Input pixels per output pixel along each axis, from the matrices' linear part (column norms).
-    stretch = matrices[:, :2, :2].norm(dim=1)  # (n, 2): x and y
-    step = torch.minimum(stretch[:, 0] * x.shape[-1] / hw[1], stretch[:, 1] * x.shape[-2] / hw[0]).min()
-    factor = int(step.item()) if step >= 2 else 1
+    factor = prepool_factor(matrices, (x.shape[-2], x.shape[-1]), hw)
     if factor > 1:
         x = F.avg_pool2d(x, factor, ceil_mode=True)
-    grid = sampling_grid(matrices, hw)
+    grid = sampling_grid(matrices.to(x.device, non_blocking=True), hw)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode=padding_mode, align_corners=False)
+
+
+def prepool_factor(matrices: Tensor, in_hw: tuple[int, int], out_hw: tuple[int, int]) -> int:
+    """The integer area-averaging factor that leaves every sample of the batch a bilinear shrink in [1, 2).
+
+    Reading it is a host sync when ``matrices`` live on an accelerator: ``Augment`` draws them on the host.
+    """
+    # Input pixels per output pixel along each axis, from the matrices' linear part (column norms).
+    stretch = matrices[:, :2, :2].norm(dim=1)  # (n, 2): x and y
+    step = torch.minimum(stretch[:, 0] * in_hw[1] / out_hw[1], stretch[:, 1] * in_hw[0] / out_hw[0]).min().item()
+    return int(step) if step >= 2 else 1
 
 
 def lighting(x: Tensor, brightness: Tensor, contrast: Tensor, eps: float = 1e-6) -> Tensor:
@@ -217,9 +226,14 @@ class Augment:
         return brightness, contrast
 
     def __call__(self, x: Tensor, size: int | tuple[int, int], generator: torch.Generator | None = None) -> Tensor:
-        """Augment a (B, C, H, W) uint8 or float batch to float (B, C, *size) in [0, 1]."""
-        n = x.shape[0]
-        out = resample(to_float(x), self.matrices(n, x.device, generator), size, self.padding_mode)
+        """Augment a (B, C, H, W) uint8 or float batch to float (B, C, *size) in [0, 1].
+
+        Parameters are drawn where ``generator`` lives (``x``'s device without one). A host generator keeps an
+        accelerator's queue free of host syncs, and draws the same augmentation on every device.
+        """
+        n, where = x.shape[0], generator.device if generator is not None else x.device
+        out = resample(to_float(x), self.matrices(n, where, generator), size, self.padding_mode)
         if self.max_lighting > 0 and self.p_lighting > 0:
-            out = lighting(out, *self.lighting_params(n, x.device, generator))
+            brightness, contrast = self.lighting_params(n, where, generator)
+            out = lighting(out, brightness.to(x.device, non_blocking=True), contrast.to(x.device, non_blocking=True))
         return out

@@ -114,6 +114,7 @@ class ImagenetteDataModule(L.LightningDataModule):
         self.skip_bad_images, self.cache = skip_bad_images, cache
         self.mean, self.std = (torch.tensor(aug.IMAGENET_MEAN), torch.tensor(aug.IMAGENET_STD))
         self._stats_fitted = normalize != "batch"
+        self._stats_copy: tuple[Tensor, Tensor, Tensor, Tensor] | None = None  # mean, std, and their device copies
         self.train_set: PresizedImages | CachedImages | None = None
         self.val_set: PresizedImages | CachedImages | None = None
         self._draws = (-1, 0)  # (optimizer step, training batches augmented at that step so far)
@@ -298,15 +299,19 @@ class ImagenetteDataModule(L.LightningDataModule):
         """The only place pixels change on the device: augment (training) or resize (otherwise), normalize."""
         x, y = batch
         if self.trainer is not None and self.trainer.training:
-            return self.train_transform(x, self._batch_generator(x.device)), y
+            return self.train_transform(x, self._batch_generator()), y
         return self.val_transform(x), y
 
-    def _batch_generator(self, device: torch.device) -> torch.Generator:
-        """This training batch's augmentation seed: (run seed, rank, optimizer step, batch within the step)."""
+    def _batch_generator(self) -> torch.Generator:
+        """This training batch's augmentation seed: (run seed, rank, optimizer step, batch within the step).
+
+        A host generator: the per-sample parameters are a few numbers, and drawing them on the host leaves the
+        accelerator's queue without a host sync (augment.prepool_factor reads them).
+        """
         step = self.trainer.global_step
         self._draws = (step, self._draws[1] + 1 if self._draws[0] == step else 0)  # > 0 only when accumulating
         seed = seeds.derive(seeds.run_seed(), seeds.AUGMENT, self.trainer.global_rank, step, self._draws[1])
-        return seeds.generator(seed, device)
+        return seeds.generator(seed)
 
     def train_transform(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """uint8 presized batch -> augmented, normalized float batch at ``train_size`` (random: ``generator``)."""
@@ -335,7 +340,14 @@ class ImagenetteDataModule(L.LightningDataModule):
         log.info("normalization statistics from a batch: mean %s std %s", self.mean.tolist(), self.std.tolist())
 
     def _normalize(self, x: Tensor) -> Tensor:
-        return x if self.normalize == "none" else aug.normalize(x, self.mean, self.std)
+        return x if self.normalize == "none" else aug.normalize(x, *self._stats_on(x.device))
+
+    def _stats_on(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        """``mean`` and ``std`` on ``device``, copied once per device and value (a copy per batch would sync)."""
+        cached = self._stats_copy
+        if cached is None or cached[0] is not self.mean or cached[1] is not self.std or cached[2].device != device:
+            cached = self._stats_copy = (self.mean, self.std, self.mean.to(device), self.std.to(device))
+        return cached[2], cached[3]
 
     # --- checkpoints -------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

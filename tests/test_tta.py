@@ -119,8 +119,8 @@ class Mirrors(L.LightningDataModule):
     def val_transform(self, x: Tensor) -> Tensor:
         return x - 0.5
 
-    def train_transform(self, x: Tensor) -> Tensor:
-        return x + 0.1 * torch.randn_like(x)
+    def train_transform(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        return x + 0.1 * torch.randn(x.shape, generator=generator)
 
 
 def net() -> nn.Module:

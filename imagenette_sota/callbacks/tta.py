@@ -9,18 +9,18 @@ After a fit::
 ``tta`` runs ``trainer.predict`` on a ``TTAPredictor`` (the model wrapped with the data module's transforms) with a
 ``GatherPredictions`` callback. The data module is the single source of the views: its ``predict_dataloader()``
 yields raw (presized uint8) ``(x, y)`` batches in dataset order, ``val_transform(x)`` makes the centre view and
-``train_transform(x)`` the training augmentation, at the data module's ``train_size`` (after ProgressiveResize:
-the last stage's). ImagenetteDataModule has all three; any data module with them works. Given to
-``trainer.predict`` as ``datamodule``, its ``on_after_batch_transfer`` would turn every batch into the centre view
-first, so the predictor asks it for the loader itself.
+``train_transform(x, generator)`` the training augmentation drawn from ``generator``, at the data module's
+``train_size`` (after ProgressiveResize: the last stage's). ImagenetteDataModule has all three; any data module
+with them works. Given to ``trainer.predict`` as ``datamodule``, its ``on_after_batch_transfer`` would turn every
+batch into the centre view first, so the predictor asks it for the loader itself.
 
 Under DDP Lightning splits predict loaders without padding (``UnrepeatedDistributedSampler``); the callback puts
 every rank's rows at their dataset indices, sums across ranks, checks that each sample was predicted exactly once
 and leaves the whole result, in dataset order, on every rank. With ``ddp_spawn`` the ranks are other processes:
 rank 0 also writes the result to a file that ``tta`` reads back. (Under ``ddp_spawn`` a data module's state set
 during ``fit`` - progressive sizes, batch statistics - stays in the worker processes: restore it from the
-checkpoint, or use ``strategy="ddp"``.) Augmented views draw from the device's default generator, seeded per rank
-and batch from ``seed`` inside ``isolate_rng``: runs repeat, and the views take nothing from the global RNG streams.
+checkpoint, or use ``strategy="ddp"``.) Augmented views draw from a host generator seeded from (``seed``, rank,
+batch): runs repeat, the views take nothing from the global RNG streams, and the device never waits on the host.
 """
 
 from __future__ import annotations
@@ -35,9 +35,10 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.strategies import Strategy
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
-from lightning.pytorch.utilities.seed import isolate_rng
 from torch import Tensor, nn
 from torchvision.transforms.v2.functional import five_crop
+
+from imagenette_sota import seeds
 
 Mode = Literal["augment", "flip", "five_crop"]
 
@@ -95,11 +96,11 @@ class TTAPredictor(L.LightningModule):
         """The data module's raw predict batches; Lightning splits them across ranks without repeats."""
         return self.data.predict_dataloader()
 
-    def views(self, x: Tensor) -> Iterator[Tensor]:
+    def views(self, x: Tensor, generator: torch.Generator | None = None) -> Iterator[Tensor]:
         """The extra views of a raw batch, normalized like the centre view, one at a time."""
         if self.mode == "augment":
             for _ in range(self.n):
-                yield self.data.train_transform(x)
+                yield self.data.train_transform(x, generator)
         elif self.mode == "flip":
             yield self.data.val_transform(x.flip(-1))
         else:
@@ -110,10 +111,8 @@ class TTAPredictor(L.LightningModule):
         """{"probs": TTA probabilities, "plain": centre-view probabilities, "targets": labels}."""
         x, y = batch
         plain = self.model(self.data.val_transform(x)).softmax(1)
-        with isolate_rng():
-            # A distinct seed for every (rank, batch) of a run.
-            torch.manual_seed(self.seed + self.global_rank + batch_idx * self.trainer.world_size)
-            views = [self.model(v).softmax(1) for v in self.views(x)]
+        generator = seeds.generator(seeds.derive(self.seed, seeds.AUGMENT, self.global_rank, batch_idx))
+        views = [self.model(v).softmax(1) for v in self.views(x, generator)]
         return {"probs": combine(plain, views, self.beta, self.use_max), "plain": plain, "targets": y}
 
 
