@@ -7,8 +7,9 @@
 
 Training step: forward, cross entropy, backward and an AdamW step (fastai's hyperparameters, as
 ``imagenette_sota.schedule.adam``) on random tensors of the given shape, a fresh model per variant, timed
-over ``--steps`` steps after ``--warmup`` steps. ``baseline`` is the suite's default: fp32, contiguous (NCHW),
-the fused AdamW kernel. Each other variant changes one switch (``channels_last+bf16`` two):
+over ``--steps`` steps after ``--warmup`` steps. ``baseline`` is fp32, contiguous (NCHW), the fused AdamW kernel;
+each other variant changes one switch (``channels_last+bf16`` two). The suite's defaults follow these figures:
+channels_last (it won on the CPU and is the tensor-core layout), fused AdamW, fp32 on the CPU, no compile on the CPU.
 
 - ``channels_last``: NHWC model and inputs; ``bf16``: ``torch.autocast`` in bfloat16;
 - ``adamw_foreach`` / ``adamw_single``: the multi-tensor / per-tensor AdamW instead of the fused kernel (each

@@ -126,10 +126,10 @@ def test_mixup_and_cutmix_are_exclusive() -> None:
         ImagenetteClassifier(xresnet18, mixup_alpha=0.4, cutmix_alpha=1.0)
 
 
-def test_channels_last_gives_the_same_logits(val_set: TensorDataset) -> None:
+def test_channels_last_is_the_default_and_gives_the_same_logits(val_set: TensorDataset) -> None:
     torch.manual_seed(0)
-    plain = ImagenetteClassifier(xresnet18, num_classes=10).eval()
-    nhwc = ImagenetteClassifier(xresnet18, num_classes=10, channels_last=True).eval()
+    plain = ImagenetteClassifier(xresnet18, num_classes=10, channels_last=False).eval()
+    nhwc = ImagenetteClassifier(xresnet18, num_classes=10).eval()
     nhwc.load_state_dict(plain.state_dict())
     conv = next(m for m in nhwc.model.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
