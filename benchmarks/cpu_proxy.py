@@ -34,18 +34,21 @@ from imagenette_sota.schedule import adam
 TRAIN_IMAGES, VAL_IMAGES = 9469, 3925
 
 
-def step_times(arch: str, size: int, bs: int, val_bs: int, val_size: int, reps: int = 8) -> tuple[float, float]:
+def step_times(
+    arch: str, size: int, bs: int, val_bs: int, val_size: int, channels_last: bool, reps: int = 8
+) -> tuple[float, float]:
     """Seconds per train step at ``size`` and per eval step at ``val_size``, on random tensors."""
-    model = getattr(models, arch)(10)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    model = getattr(models, arch)(10).to(memory_format=layout)
     opt = adam(model, 3e-3)
-    x, y = torch.randn(bs, 3, size, size), torch.randint(0, 10, (bs,))
+    x, y = torch.randn(bs, 3, size, size).contiguous(memory_format=layout), torch.randint(0, 10, (bs,))
 
     def train_step() -> None:
         F.cross_entropy(model(x), y).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    xv = torch.randn(val_bs, 3, val_size, val_size)
+    xv = torch.randn(val_bs, 3, val_size, val_size).contiguous(memory_format=layout)
 
     @torch.inference_mode()
     def eval_step() -> None:
@@ -63,9 +66,11 @@ def step_times(arch: str, size: int, bs: int, val_bs: int, val_size: int, reps: 
     return per_step(train_step, True), per_step(eval_step, False)
 
 
-def floor_seconds(arch: str, sizes: list[int], bs: int, val_bs: int, val_size: int) -> dict[str, float]:
+def floor_seconds(
+    arch: str, sizes: list[int], bs: int, val_bs: int, val_size: int, channels_last: bool
+) -> dict[str, float]:
     """Model-compute floor: per-step times on random tensors x the recipe's step counts (``sizes``: per epoch)."""
-    times = {s: step_times(arch, s, bs, val_bs, val_size) for s in sorted(set(sizes))}
+    times = {s: step_times(arch, s, bs, val_bs, val_size, channels_last) for s in sorted(set(sizes))}
     t_eval = times[sizes[-1]][1]
     steps_train, steps_eval = TRAIN_IMAGES // bs, math.ceil(VAL_IMAGES / val_bs)
     return {
@@ -88,18 +93,24 @@ def ramp(args: argparse.Namespace) -> Ramp:
 
 
 class EpochClock(L.Callback):
-    """Wall seconds since fit start and validation accuracy at the end of every validation epoch."""
+    """Wall seconds since fit start, validation seconds and accuracy, at the end of every validation epoch."""
 
     def __init__(self) -> None:
-        self.start, self.times, self.accs = 0.0, [], []
+        self.start, self.val_start, self.times, self.val_s, self.accs = 0.0, 0.0, [], [], []
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.start = time.perf_counter()
 
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.val_start = time.perf_counter()
+
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking:
-            self.times.append(time.perf_counter() - self.start)
+            now = time.perf_counter()
+            self.times.append(now - self.start)
+            self.val_s.append(now - self.val_start)
             self.accs.append(trainer.callback_metrics["val/acc"].item())
+            print(f"epoch {trainer.current_epoch}: {self.accs[-1]:.4f} at {self.times[-1]:.0f} s", flush=True)
 
 
 def ours(data_dir, args: argparse.Namespace) -> tuple[dict, ImagenetteClassifier, ImagenetteDataModule]:
@@ -117,7 +128,11 @@ def ours(data_dir, args: argparse.Namespace) -> tuple[dict, ImagenetteClassifier
     )
     dm.prepare_data()  # a cache is built once, before the clock starts (later runs find it on disk)
     model = ImagenetteClassifier(
-        backbone=getattr(models, args.arch), num_classes=10, lr=args.lr, label_smoothing=args.label_smoothing
+        backbone=getattr(models, args.arch),
+        num_classes=10,
+        lr=args.lr,
+        label_smoothing=args.label_smoothing,
+        channels_last=not args.nchw,
     )
     clock = EpochClock()
     callbacks: list[L.Callback] = [clock]
@@ -139,6 +154,7 @@ def ours(data_dir, args: argparse.Namespace) -> tuple[dict, ImagenetteClassifier
     trainer.fit(model, dm)
     wall = time.perf_counter() - start
     run = {"ours_acc": clock.accs[-1], "ours_s": wall, "ours_epoch_acc": clock.accs, "ours_epoch_s": clock.times}
+    run["ours_val_s"] = clock.val_s
     return run, model, dm
 
 
@@ -235,6 +251,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--label-smoothing", type=float, default=0.0)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--cache", action="store_true", help="our side reads the decode-once cache")
+    p.add_argument("--nchw", action="store_true", help="our model in contiguous NCHW, not the default channels_last")
     p.add_argument("--ramp", type=int, metavar="MIN", help="progressive resizing from MIN px to --size")
     p.add_argument("--limit-batches", type=int, help="train/val batches per epoch of our fit (smoke runs only)")
     p.add_argument("--skip-fastai", action="store_true")
@@ -245,8 +262,9 @@ def parser() -> argparse.ArgumentParser:
 def recipe(args: argparse.Namespace) -> dict:
     """The recipe's settings and its model-compute floor, printed as they are measured."""
     keys = ("arch", "epochs", "presize", "size", "val_size", "ramp", "bs", "lr", "label_smoothing", "workers", "cache")
-    figures: dict = {k: getattr(args, k) for k in keys} | {"sizes": epoch_sizes(args)}
-    figures |= floor_seconds(args.arch, figures["sizes"], args.bs, val_bs=args.bs, val_size=args.val_size or args.size)
+    figures: dict = {k: getattr(args, k) for k in keys} | {"sizes": epoch_sizes(args), "channels_last": not args.nchw}
+    val_size = args.val_size or args.size
+    figures |= floor_seconds(args.arch, figures["sizes"], args.bs, args.bs, val_size, channels_last=not args.nchw)
     print(f"floor: {figures['floor_s']:.0f} s", flush=True)
     return figures
 

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
@@ -19,6 +20,10 @@ import pytest
 import torch
 import yaml
 from lightning.pytorch.callbacks import Callback
+
+from imagenette_sota.data import ImagenetteDataModule
+from imagenette_sota.models import XResNet
+from imagenette_sota.module import ImagenetteClassifier
 
 REPO = Path(__file__).resolve().parents[1]
 EPOCHS, KILL_EPOCH, KILL_BATCH = 4, 2, 3
@@ -149,3 +154,27 @@ def test_a_run_killed_mid_epoch_resumes_exactly(mini_dir: Path, tmp_path: Path) 
     assert final.keys() == reference.keys()
     for name, value in reference.items():
         assert torch.equal(final[name], value), name
+
+
+def test_validating_changes_no_trained_weight(mini_dir: Path, one_thread: None) -> None:
+    # benchmarks.cpu_time_to_accuracy relies on it: a run that validates once trains what one validating every
+    # epoch does, since no training draw comes from a stream that validation could advance.
+    def fit(validate: bool) -> dict[str, torch.Tensor]:
+        L.seed_everything(0)
+        dm = ImagenetteDataModule(root=mini_dir, presize=48, train_size=32, batch_size=16, num_workers=0)
+        model = ImagenetteClassifier(backbone=partial(XResNet, **TINY), num_classes=10, mixup_alpha=0.4)
+        trainer = L.Trainer(
+            max_epochs=2,
+            limit_train_batches=3,
+            limit_val_batches=2 if validate else 0,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        )
+        trainer.fit(model, dm)
+        return model.state_dict()
+
+    validated, not_validated = fit(True), fit(False)
+    for name, value in validated.items():
+        assert torch.equal(not_validated[name], value), name
