@@ -85,7 +85,8 @@ class ImagenetteClassifier(L.LightningModule):
         cutmix_alpha: Beta(alpha, alpha) of cutmix in training (0: off; fastai uses 1.0). Not with mixup.
         channels_last: NHWC memory format for model and inputs: 8 % faster than NCHW on a 2-core x86 CPU
             (benchmarks/fast_paths.py) and the fast layout of tensor cores under AMP.
-        compile: torch.compile the backbone (helps on GPU; on a CPU about 7% faster after ~60 s compiling).
+        compile: torch.compile the backbone (for GPUs; on a 2-core CPU 8 % slower after 74 s compiling, and
+            each new image size compiles again: benchmarks/fast_paths.py).
         """
         super().__init__()
         if mixup_alpha > 0 and cutmix_alpha > 0:
