@@ -83,10 +83,10 @@ class ImagenetteClassifier(L.LightningModule):
         label_smoothing: epsilon of label smoothing (0: the book's baseline, 0.1: fastai's default).
         mixup_alpha: Beta(alpha, alpha) of mixup in training (0: off; fastai uses 0.4).
         cutmix_alpha: Beta(alpha, alpha) of cutmix in training (0: off; fastai uses 1.0). Not with mixup.
-        channels_last: NHWC memory format for model and inputs: 8 % faster than NCHW on a 2-core x86 CPU
-            (benchmarks/fast_paths.py) and the fast layout of tensor cores under AMP.
-        compile: torch.compile the backbone (for GPUs; on a 2-core CPU 8 % slower after 74 s compiling, and
-            each new image size compiles again: benchmarks/fast_paths.py).
+        channels_last: NHWC memory format for model and inputs: faster than NCHW on the CPU and the layout of
+            tensor cores under AMP (README, Results: the fast-path rows of benchmarks/fast_paths.py).
+        compile: torch.compile the backbone: for GPUs; slower on the CPU even after compiling, and each new
+            image size compiles again (same rows).
         """
         super().__init__()
         if mixup_alpha > 0 and cutmix_alpha > 0:
