@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from benchmarks.common import fastai_dataloaders, imagenette160, peak_rss_gib, report
 from imagenette_sota import models
-from imagenette_sota.callbacks import ProgressiveResize, Ramp, tta
+from imagenette_sota.callbacks import ProgressiveResize, Ramp, TTASettings, tta
 from imagenette_sota.data import ImagenetteDataModule
 from imagenette_sota.module import ImagenetteClassifier
 from imagenette_sota.schedule import adam
@@ -170,9 +170,10 @@ def ours_tta(model: ImagenetteClassifier, dm: ImagenetteDataModule, args: argpar
         figures[f"plain_val{val_size}_s"] = time.perf_counter() - start
         print(f"plain at {val_size} px: {metrics['val/acc']:.4f}", flush=True)
     dm.val_size = args.val_size
-    for name, kwargs in {"flip": {"mode": "flip"}, "n4": {"n": 4}, "five_crop": {"mode": "five_crop"}}.items():
+    modes = {"flip": TTASettings(mode="flip"), "n4": TTASettings(n=4), "five_crop": TTASettings(mode="five_crop")}
+    for name, settings in modes.items():
         start = time.perf_counter()
-        probs, targets = tta(trainer, model, dm, **kwargs)
+        probs, targets = tta(trainer, model, dm, settings)
         figures[f"tta_{name}_acc"] = (probs.argmax(1) == targets).float().mean().item()
         figures[f"tta_{name}_s"] = time.perf_counter() - start
         print(f"TTA {name}: {figures[f'tta_{name}_acc']:.4f}", flush=True)

@@ -262,8 +262,8 @@ def decode_pil(files: Sequence[Path], presize: int) -> list[Tensor]:
     """The suite's decode: PIL (draft, RGB) -> centre square crop resized to ``presize`` -> uint8 tensor."""
     from torchvision.transforms.v2.functional import pil_to_tensor
 
-    from imagenette_sota.dataset import open_rgb
-    from imagenette_sota.dataset import presize as crop_resize
+    from imagenette_sota.data.dataset import open_rgb
+    from imagenette_sota.data.dataset import presize as crop_resize
 
     return [pil_to_tensor(crop_resize(open_rgb(f, presize), presize, (0.5, 0.5))) for f in files]
 

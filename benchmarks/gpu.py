@@ -207,7 +207,7 @@ def device_data_module(device: torch.device, **kwargs: Any) -> ImagenetteDataMod
             return DeviceBatches(*self._split("train"), self.batch_size, train=True)
 
         def val_dataloader(self) -> DeviceBatches:  # type: ignore[override]
-            return DeviceBatches(*self._split("val"), self.val_batch_size or 2 * self.batch_size, train=False)
+            return DeviceBatches(*self._split("val"), self.eval_batch_size, train=False)
 
     return DeviceResident()
 
@@ -426,9 +426,9 @@ def time_to_target(
     import lightning as L
 
     from imagenette_sota import models
-    from imagenette_sota.augment import Augment
     from imagenette_sota.callbacks import ProgressiveResize, Stage
     from imagenette_sota.data import ImagenetteDataModule
+    from imagenette_sota.data.augment import Augment
     from imagenette_sota.module import ImagenetteClassifier
 
     out: dict[str, Any] = {

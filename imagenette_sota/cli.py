@@ -26,8 +26,10 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor
 
+from imagenette_sota import seeds
 from imagenette_sota.callbacks.inspection import Inspection
-from imagenette_sota.callbacks.tta import Mode, tta
+from imagenette_sota.callbacks.tta import TTASettings
+from imagenette_sota.callbacks.tta import tta as test_time_augmentation
 from imagenette_sota.data import ImagenetteDataModule
 from imagenette_sota.module import ImagenetteClassifier, check_checkpoint
 
@@ -44,17 +46,13 @@ class ImagenetteTrainer(L.Trainer):
         model: L.LightningModule,
         datamodule: L.LightningDataModule,
         ckpt_path: str,
-        n: int = 4,
-        beta: float = 0.25,
-        use_max: bool = False,
-        mode: Mode = "augment",
+        settings: TTASettings = TTASettings(),
     ) -> tuple[Tensor, Tensor]:
         """Validation accuracy of the checkpoint at ckpt_path with and without test-time augmentation (fastai's tta).
 
         Args:
             ckpt_path: a checkpoint of a fit with the same model and data configuration.
-            n: augmented passes. beta: weight of the centre view. use_max: the max over the views instead.
-            mode: "augment" (n passes of the training augmentation), "flip" or "five_crop".
+            settings: the views and how they combine (``--settings.n``, ``--settings.mode``, ...; fastai's tta).
         """
         # Lightning's own checkpoints, which hold the data module's state (sizes, statistics) beside the weights.
         checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
@@ -62,7 +60,7 @@ class ImagenetteTrainer(L.Trainer):
         model.load_state_dict(checkpoint["state_dict"])
         if type(datamodule).__qualname__ in checkpoint:
             datamodule.load_state_dict(checkpoint[type(datamodule).__qualname__])
-        return tta(self, model, datamodule, n=n, beta=beta, use_max=use_max, mode=mode)
+        return test_time_augmentation(self, model, datamodule, settings)
 
 
 class ImagenetteCLI(LightningCLI):
@@ -151,7 +149,7 @@ def cli(args: list[str] | None = None) -> ImagenetteCLI:
             ImagenetteClassifier,
             ImagenetteDataModule,
             trainer_class=ImagenetteTrainer,
-            seed_everything_default=42,
+            seed_everything_default=seeds.DEFAULT,
             args=args,
             save_config_kwargs={"overwrite": True},
         )

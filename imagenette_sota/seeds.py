@@ -13,6 +13,8 @@ import os
 
 import torch
 
+DEFAULT = 42  # the run seed of every CLI run that does not set seed_everything
+
 # Stream numbers: the same position in training seeds unrelated draws in each stream.
 CROP, AUGMENT, MIX = 0, 1, 2
 

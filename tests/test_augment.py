@@ -9,8 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from imagenette_sota import augment as aug
-from imagenette_sota.dataset import PresizedImages, scan_split
+from imagenette_sota.data import augment as aug
+from imagenette_sota.data.dataset import PresizedImages, scan_split
+from imagenette_sota.data.normalization import IMAGENET_MEAN, IMAGENET_STD, Normalization, normalize
 
 
 @pytest.fixture(scope="module")
@@ -118,6 +119,10 @@ def test_bad_parameters_name_themselves(kwargs: dict, name: str) -> None:
 
 def test_normalize_and_resize() -> None:
     x = torch.rand(4, 3, 20, 20)
-    out = aug.normalize(x, aug.IMAGENET_MEAN, aug.IMAGENET_STD)
+    out = normalize(x, IMAGENET_MEAN, IMAGENET_STD)
     torch.testing.assert_close(out[:, 1], (x[:, 1] - 0.456) / 0.224)
+    norm = Normalization("imagenet")
+    torch.testing.assert_close(norm(x), out)
+    torch.testing.assert_close(norm.inverse(out), x)  # pictures: back to [0, 1]
+    assert Normalization("none")(x) is x
     assert aug.resize(x, 20) is x and aug.resize(x, (10, 12)).shape == (4, 3, 10, 12)

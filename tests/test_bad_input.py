@@ -40,10 +40,10 @@ import pytest
 import torch
 from PIL import Image
 
-from imagenette_sota.catalog import class_names
 from imagenette_sota.data import ImagenetteDataModule
-from imagenette_sota.dataset import BadImageError, PresizedImages, collate_skipping, open_rgb
-from imagenette_sota.download import BadArchiveError, ChecksumError, UnsafeArchiveError, extract
+from imagenette_sota.data.catalog import class_names
+from imagenette_sota.data.dataset import BadImageError, PresizedImages, collate_skipping, open_rgb
+from imagenette_sota.data.download import BadArchiveError, ChecksumError, UnsafeArchiveError, extract
 
 from .conftest import MINI_ARCHIVE
 from .test_download_faults import serve

@@ -11,9 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from imagenette_sota import cache
-from imagenette_sota.data import ImagenetteDataModule
-from imagenette_sota.dataset import BadImageError, PresizedImages, scan_split
+from imagenette_sota.data import ImagenetteDataModule, cache
+from imagenette_sota.data.dataset import BadImageError, PresizedImages, scan_split
 
 
 @pytest.fixture

@@ -144,7 +144,7 @@ def test_tta_scores_a_checkpoint(
 ) -> None:
     data, ckpt = fitted
     with caplog.at_level(logging.INFO):
-        run = cli(["tta", "--config", QUICK, *data, "--ckpt_path", str(ckpt), "--n", "1"])
+        run = cli(["tta", "--config", QUICK, *data, "--ckpt_path", str(ckpt), "--settings.n", "1"])
     saved = torch.load(ckpt, weights_only=True)["state_dict"]
     assert all(torch.equal(value, saved[key]) for key, value in run.model.state_dict().items())
     assert "TTA (augment) accuracy" in caplog.text + capsys.readouterr().err

@@ -10,8 +10,8 @@ import lightning as L
 import pytest
 import torch
 
-from imagenette_sota.catalog import RELEASES, class_names
 from imagenette_sota.data import ImagenetteDataModule
+from imagenette_sota.data.catalog import RELEASES, class_names
 
 from .conftest import MINI_MD5
 from .test_download_faults import serve
@@ -94,7 +94,7 @@ def test_normalized_real_images_have_mean_zero_std_one(downloaded: ImagenetteDat
     fitted = dm.train_transform(x)  # statistics from this very batch
     torch.testing.assert_close(fitted.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-4, rtol=0)
     torch.testing.assert_close(fitted.std(dim=(0, 2, 3)), torch.ones(3), atol=1e-4, rtol=0)
-    assert dm.state_dict()["stats_fitted"] and dm.state_dict()["mean"] == dm.mean.tolist()
+    assert dm.state_dict()["stats_fitted"] and dm.state_dict()["mean"] == dm.normalization.mean.tolist()
 
 
 def test_seeded_runs_repeat(downloaded: ImagenetteDataModule) -> None:

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 import yaml
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from imagenette_sota.callbacks import ProgressiveResize, Stage, tta
+from imagenette_sota.callbacks import ProgressiveResize, Stage, TTASettings, tta
 from imagenette_sota.checkpoint_io import AtomicCheckpointIO
 from imagenette_sota.data import ImagenetteDataModule
 from imagenette_sota.models import XResNet
@@ -169,16 +169,16 @@ def test_tta_under_ddp_predicts_each_image_once(odd_dir: Path) -> None:
     torch.manual_seed(0)
     model = tiny_xresnet(10).eval()
     dm, one = imagenette(odd_dir), L.Trainer(devices=1, **QUIET)
-    centre = tta(one, model, dm, n=0)[0]
+    centre = tta(one, model, dm, TTASettings(n=0))[0]
     # The centre view has no randomness: equal row by row, i.e. the same images in the same order. (ddp_fork is
     # ddp_spawn without re-importing Lightning in each process: 1 s instead of 25 here.)
     with deadline(TIMEOUT):
-        ddp_centre, targets = tta(L.Trainer(**{**DDP, "strategy": "ddp_fork"}), model, dm, n=0)
+        ddp_centre, targets = tta(L.Trainer(**{**DDP, "strategy": "ddp_fork"}), model, dm, TTASettings(n=0))
     assert ddp_centre.shape == (99, 10) and torch.equal(targets, torch.tensor(dm.val_set.targets))
     torch.testing.assert_close(ddp_centre, centre)
     with deadline(TIMEOUT):
-        augmented = tta(L.Trainer(**DDP), model, dm, n=8)[0]
-    seed0, seed1 = (tta(one, model, dm, n=8, seed=s)[0] for s in (0, 1))
+        augmented = tta(L.Trainer(**DDP), model, dm, TTASettings(n=8))[0]
+    seed0, seed1 = (tta(one, model, dm, TTASettings(n=8, seed=s))[0] for s in (0, 1))
     # Other ranks draw other augmentations: DDP differs from one process about as much as another seed does,
     # and moves each prediction away from the centre view the same way (cosine about 0.8, like two seeds).
     assert (augmented - seed0).abs().mean() < 2 * (seed0 - seed1).abs().mean()

@@ -25,9 +25,9 @@ from typing import Any
 
 import pytest
 
-import imagenette_sota.download as download_module
+import imagenette_sota.data.download as download_module
 from imagenette_sota.data import ImagenetteDataModule
-from imagenette_sota.download import StorageError
+from imagenette_sota.data.download import StorageError
 
 from .conftest import MINI_ARCHIVE, MINI_MD5, SHARED_DATA
 

@@ -14,7 +14,7 @@ EXAMPLE = """\
 import lightning as L
 import torch
 
-from imagenette_sota.augment import Augment
+from imagenette_sota.data.augment import Augment
 from imagenette_sota.callbacks import Inspection, ProgressiveResize, Stage
 from imagenette_sota.data import ImagenetteDataModule
 from imagenette_sota.mixup import mixed_loss, mixup

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from imagenette_sota.callbacks import tta
+from imagenette_sota.callbacks import TTASettings, tta
 from imagenette_sota.callbacks.tta import combine
 from imagenette_sota.data import ImagenetteDataModule
 from imagenette_sota.models import XResNet
@@ -71,22 +70,24 @@ def test_combine_is_fastais_formula() -> None:
 def test_no_views_or_beta_one_give_the_plain_prediction(
     trainer: L.Trainer, model: nn.Module, dm: ImagenetteDataModule, raw: tuple[Tensor, Tensor], plain: Tensor
 ) -> None:
-    probs, targets = tta(trainer, model, dm, n=0)
+    probs, targets = tta(trainer, model, dm, TTASettings(n=0))
     assert probs.shape == (100, 10) and torch.equal(targets, raw[1])  # every image once, in dataset order
     torch.testing.assert_close(probs, plain)
-    torch.testing.assert_close(tta(trainer, model, dm, n=2, beta=1.0)[0], plain)
+    torch.testing.assert_close(tta(trainer, model, dm, TTASettings(n=2, beta=1.0))[0], plain)
 
 
 def test_augmented_passes_are_seeded_and_change_the_prediction(
     trainer: L.Trainer, model: nn.Module, dm: ImagenetteDataModule, plain: Tensor
 ) -> None:
-    augmented = partial(tta, trainer, model, dm, n=2)
-    first = augmented(seed=0)[0]
-    assert torch.equal(first, augmented(seed=0)[0])
-    assert not torch.allclose(first, augmented(seed=1)[0])
+    def augmented(**settings: Any) -> Tensor:
+        return tta(trainer, model, dm, TTASettings(n=2, **settings))[0]
+
+    first = augmented(seed=0)
+    assert torch.equal(first, augmented(seed=0))
+    assert not torch.allclose(first, augmented(seed=1))
     assert not torch.allclose(first, plain)
     torch.testing.assert_close(first.sum(1), torch.ones(100))
-    assert bool((augmented(use_max=True)[0] >= plain - 1e-6).all())  # plain: batched differently, float noise
+    assert bool((augmented(use_max=True) >= plain - 1e-6).all())  # plain: batched differently, float noise
 
 
 def test_flip_averages_the_mirrored_centre_view(
@@ -94,14 +95,14 @@ def test_flip_averages_the_mirrored_centre_view(
 ) -> None:
     mirrored = softmax_of(model, dm.val_transform(raw[0].flip(-1)))
     assert not torch.allclose(mirrored, plain)
-    torch.testing.assert_close(tta(trainer, model, dm, mode="flip", beta=0.5)[0], (plain + mirrored) / 2)
+    torch.testing.assert_close(tta(trainer, model, dm, TTASettings(mode="flip", beta=0.5))[0], (plain + mirrored) / 2)
 
 
 def test_five_crop_of_the_whole_image_is_the_centre_view(
     trainer: L.Trainer, model: nn.Module, dm: ImagenetteDataModule, plain: Tensor
 ) -> None:
-    torch.testing.assert_close(tta(trainer, model, dm, mode="five_crop", crop=1.0)[0], plain)
-    assert not torch.allclose(tta(trainer, model, dm, mode="five_crop")[0], plain)
+    torch.testing.assert_close(tta(trainer, model, dm, TTASettings(mode="five_crop", crop=1.0))[0], plain)
+    assert not torch.allclose(tta(trainer, model, dm, TTASettings(mode="five_crop"))[0], plain)
 
 
 class Mirrors(L.LightningDataModule):
@@ -132,11 +133,12 @@ def test_reuse_flip_of_a_symmetric_image_changes_nothing(trainer: L.Trainer) -> 
     model = net()
     with torch.no_grad():
         plain = model(Mirrors(symmetric=True).data.tensors[0] - 0.5).softmax(1)
-    flipped, targets = tta(trainer, model, Mirrors(symmetric=True), mode="flip", beta=0.0)  # the mirror alone
+    mirror = TTASettings(mode="flip", beta=0.0)  # the mirror alone
+    flipped, targets = tta(trainer, model, Mirrors(symmetric=True), mirror)
     torch.testing.assert_close(flipped, plain)
     assert torch.equal(targets, torch.arange(12) % 3)
-    assert not torch.allclose(tta(trainer, model, Mirrors(symmetric=False), mode="flip", beta=0.0)[0], plain)
-    assert not torch.allclose(tta(trainer, model, Mirrors(symmetric=True), n=2)[0], plain)  # noisy views
+    assert not torch.allclose(tta(trainer, model, Mirrors(symmetric=False), mirror)[0], plain)
+    assert not torch.allclose(tta(trainer, model, Mirrors(symmetric=True), TTASettings(n=2))[0], plain)  # noisy views
 
 
 @pytest.mark.parametrize(
@@ -145,4 +147,13 @@ def test_reuse_flip_of_a_symmetric_image_changes_nothing(trainer: L.Trainer) -> 
 )
 def test_samples_predicted_twice_or_never_are_refused(trainer: L.Trainer, order: list[int], message: Any) -> None:
     with pytest.raises(RuntimeError, match=message):
-        tta(trainer, net(), Mirrors(symmetric=True, order=order), n=0)
+        tta(trainer, net(), Mirrors(symmetric=True, order=order), TTASettings(n=0))
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [({"mode": "mirror"}, "mode='mirror': choose"), ({"n": -1}, "n=-1"), ({"beta": 2.0}, "beta=2.0")],
+)
+def test_bad_settings_name_themselves(settings: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        TTASettings(**settings)

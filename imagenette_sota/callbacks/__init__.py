@@ -3,6 +3,16 @@
 from imagenette_sota.callbacks.inspection import Inspection
 from imagenette_sota.callbacks.lr_finder import LRFinder
 from imagenette_sota.callbacks.progressive import ProgressiveResize, Ramp, Stage
-from imagenette_sota.callbacks.tta import GatherPredictions, TTAPredictor, tta
+from imagenette_sota.callbacks.tta import GatherPredictions, TTAPredictor, TTASettings, tta
 
-__all__ = ["GatherPredictions", "Inspection", "LRFinder", "ProgressiveResize", "Ramp", "Stage", "TTAPredictor", "tta"]
+__all__ = [
+    "GatherPredictions",
+    "Inspection",
+    "LRFinder",
+    "ProgressiveResize",
+    "Ramp",
+    "Stage",
+    "TTAPredictor",
+    "TTASettings",
+    "tta",
+]

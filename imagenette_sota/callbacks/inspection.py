@@ -18,8 +18,8 @@ Images (with a ``TensorBoardLogger``; rank 0 writes them):
   class, loss and the probability of the prediction.
 
 What it reads, all public: batches ``(x, y)`` with ``x`` normalized images (B, 3, H, W); the logits (B, C) that
-``validation_step`` returns; from the data module, where it has them, ``class_names`` and ``mean`` / ``std`` (per
-channel) to undo the normalization (``normalize == "none"``: the images are not normalized).
+``validation_step`` returns; from the data module, where it has them, ``class_names`` and ``normalization`` (a
+``data.normalization.Normalization``: its ``inverse`` undoes the normalization for pictures).
 """
 
 from __future__ import annotations
@@ -122,13 +122,9 @@ class Inspection(Callback):
     # --- what the trainer and the data module know ------------------------------------------------------------------
     @staticmethod
     def denormalize(trainer: L.Trainer, x: Tensor) -> Tensor:
-        """Normalized images -> images in [0, 1], with the data module's ``mean`` and ``std``."""
-        dm = trainer.datamodule
-        if dm is None or not hasattr(dm, "mean") or getattr(dm, "normalize", None) == "none":
-            return x.float().clamp(0, 1)
-        mean = torch.as_tensor(dm.mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
-        std = torch.as_tensor(dm.std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
-        return (x.float() * std + mean).clamp(0, 1)
+        """Normalized images -> images in [0, 1], with the data module's ``normalization`` (if it has one)."""
+        normalization = getattr(trainer.datamodule, "normalization", None)
+        return x.float().clamp(0, 1) if normalization is None else normalization.inverse(x)
 
     @staticmethod
     def namer(trainer: L.Trainer) -> Callable[[int], str]:

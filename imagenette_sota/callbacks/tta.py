@@ -2,9 +2,9 @@
 
 After a fit::
 
-    probs, targets = tta(trainer, model, datamodule)  # fastai's defaults: n=4, beta=0.25
-    probs, targets = tta(trainer, model, datamodule, mode="flip", beta=0.5)  # mean of centre and mirror
-    probs, targets = tta(trainer, model, datamodule, mode="five_crop")  # corners + centre, 87.5% crops
+    probs, targets = tta(trainer, model, datamodule)  # fastai's defaults: TTASettings(n=4, beta=0.25)
+    probs, targets = tta(trainer, model, datamodule, TTASettings(mode="flip", beta=0.5))  # centre and mirror
+    probs, targets = tta(trainer, model, datamodule, TTASettings(mode="five_crop"))  # corners + centre, 87.5% crops
 
 ``tta`` runs ``trainer.predict`` on a ``TTAPredictor`` (the model wrapped with the data module's transforms) with a
 ``GatherPredictions`` callback. The data module is the single source of the views: its ``predict_dataloader()``
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -43,6 +44,33 @@ from imagenette_sota import seeds
 Mode = Literal["augment", "flip", "five_crop"]
 
 
+@dataclass(frozen=True)
+class TTASettings:
+    """Which views test-time augmentation predicts and how it combines them (defaults: fastai's ``tta``).
+
+    n: augmented passes (mode "augment" only). beta: weight of the centre view (fastai: 0.25).
+    use_max: the elementwise max over the centre and the views instead of the weighted mean.
+    mode: "augment" (n passes of the training augmentation), "flip" (the mirrored centre view) or
+        "five_crop" (the four corners and the centre, each a ``crop`` fraction of the presized side).
+    seed: seeds the augmented passes (per rank and batch).
+    """
+
+    n: int = 4
+    beta: float = 0.25
+    use_max: bool = False
+    mode: Mode = "augment"
+    crop: float = 0.875
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("augment", "flip", "five_crop"):
+            raise ValueError(f"mode={self.mode!r}: choose 'augment', 'flip' or 'five_crop'")
+        if self.n < 0 or not 0 <= self.beta <= 1 or not 0 < self.crop <= 1:
+            raise ValueError(
+                f"need n >= 0, 0 <= beta <= 1 and 0 < crop <= 1; got n={self.n}, beta={self.beta}, crop={self.crop}"
+            )
+
+
 def combine(centre: Tensor, views: Sequence[Tensor], beta: float = 0.25, use_max: bool = False) -> Tensor:
     """fastai's TTA: beta * centre + (1 - beta) * mean(views), or the elementwise max of all; no views: centre."""
     if not views:
@@ -56,33 +84,14 @@ def combine(centre: Tensor, views: Sequence[Tensor], beta: float = 0.25, use_max
 class TTAPredictor(L.LightningModule):
     """``predict_step``: TTA and plain (centre-view) probabilities and the targets of one raw ``(x, y)`` batch."""
 
-    def __init__(
-        self,
-        model: nn.Module,
-        data: L.LightningDataModule,
-        n: int = 4,
-        beta: float = 0.25,
-        use_max: bool = False,
-        mode: Mode = "augment",
-        crop: float = 0.875,
-        seed: int = 0,
-    ) -> None:
+    def __init__(self, model: nn.Module, data: L.LightningDataModule, settings: TTASettings = TTASettings()) -> None:
         """Args:
         model: maps normalized images to logits.
         data: provides predict_dataloader(), val_transform(x) and train_transform(x) (see the module doc).
-        n: augmented passes (mode "augment" only). beta: weight of the centre view (fastai: 0.25).
-        use_max: the elementwise max over the centre and the views instead of the weighted mean.
-        mode: "augment" (n passes of the training augmentation), "flip" (the mirrored centre view) or
-            "five_crop" (the four corners and the centre, each a `crop` fraction of the presized side).
-        seed: seeds the augmented passes (per rank and batch).
+        settings: the views and how they combine.
         """
         super().__init__()
-        if mode not in ("augment", "flip", "five_crop"):
-            raise ValueError(f"mode={mode!r}: choose 'augment', 'flip' or 'five_crop'")
-        if n < 0 or not 0 <= beta <= 1 or not 0 < crop <= 1:
-            raise ValueError(f"need n >= 0, 0 <= beta <= 1 and 0 < crop <= 1; got n={n}, beta={beta}, crop={crop}")
-        self.model, self.data = model, data
-        self.n, self.beta, self.use_max, self.mode, self.crop, self.seed = n, beta, use_max, mode, crop, seed
+        self.model, self.data, self.settings = model, data, settings
 
     def prepare_data(self) -> None:
         """The data module's own preparation (download / extract once)."""
@@ -98,22 +107,24 @@ class TTAPredictor(L.LightningModule):
 
     def views(self, x: Tensor, generator: torch.Generator | None = None) -> Iterator[Tensor]:
         """The extra views of a raw batch, normalized like the centre view, one at a time."""
-        if self.mode == "augment":
-            for _ in range(self.n):
+        settings = self.settings
+        if settings.mode == "augment":
+            for _ in range(settings.n):
                 yield self.data.train_transform(x, generator)
-        elif self.mode == "flip":
+        elif settings.mode == "flip":
             yield self.data.val_transform(x.flip(-1))
         else:
-            side = round(self.crop * min(x.shape[-2:]))
+            side = round(settings.crop * min(x.shape[-2:]))
             yield from (self.data.val_transform(c) for c in five_crop(x, [side, side]))
 
     def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
         """{"probs": TTA probabilities, "plain": centre-view probabilities, "targets": labels}."""
         x, y = batch
         plain = self.model(self.data.val_transform(x)).softmax(1)
-        generator = seeds.generator(seeds.derive(self.seed, seeds.AUGMENT, self.global_rank, batch_idx))
+        settings = self.settings
+        generator = seeds.generator(seeds.derive(settings.seed, seeds.AUGMENT, self.global_rank, batch_idx))
         views = [self.model(v).softmax(1) for v in self.views(x, generator)]
-        return {"probs": combine(plain, views, self.beta, self.use_max), "plain": plain, "targets": y}
+        return {"probs": combine(plain, views, settings.beta, settings.use_max), "plain": plain, "targets": y}
 
 
 def gather_in_order(strategy: Strategy, size: int, indices: Tensor, values: Tensor) -> Tensor:
@@ -165,21 +176,13 @@ class GatherPredictions(BasePredictionWriter):
 
 
 def tta(
-    trainer: L.Trainer,
-    model: nn.Module,
-    datamodule: L.LightningDataModule,
-    n: int = 4,
-    beta: float = 0.25,
-    use_max: bool = False,
-    mode: Mode = "augment",
-    crop: float = 0.875,
-    seed: int = 0,
+    trainer: L.Trainer, model: nn.Module, datamodule: L.LightningDataModule, settings: TTASettings = TTASettings()
 ) -> tuple[Tensor, Tensor]:
     """TTA probabilities (N, C) and targets (N,) of the predict set in dataset order; logs TTA and plain accuracy.
 
-    Arguments after `datamodule` as in ``TTAPredictor``. Runs ``trainer.predict`` (any strategy, ddp_spawn too).
+    Runs ``trainer.predict`` on a ``TTAPredictor`` (any strategy, ddp_spawn too).
     """
-    predictor = TTAPredictor(model, datamodule, n, beta, use_max, mode, crop, seed)
+    predictor = TTAPredictor(model, datamodule, settings)
     with tempfile.TemporaryDirectory() as tmp:
         gather = GatherPredictions(Path(tmp) / "tta.pt")
         trainer.callbacks.append(gather)
@@ -191,7 +194,8 @@ def tta(
         result = gather.result if gather.result is not None else torch.load(gather.path)
     probs, plain, targets = result["probs"], result["plain"], result["targets"]
     accuracy = {name: (p.argmax(1) == targets).float().mean().item() for name, p in (("tta", probs), ("plain", plain))}
+    tta_acc, plain_acc = accuracy["tta"], accuracy["plain"]
     rank_zero_info(
-        f"TTA ({mode}) accuracy {accuracy['tta']:.4f}, without TTA {accuracy['plain']:.4f}, on {len(targets)} images"
+        f"TTA ({settings.mode}) accuracy {tta_acc:.4f}, without TTA {plain_acc:.4f}, on {len(targets)} images"
     )
     return probs, targets

@@ -23,7 +23,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from imagenette_sota import seeds
-from imagenette_sota.dataset import DECODE_ERRORS, decode_error, open_rgb
+from imagenette_sota.data.dataset import DECODE_ERRORS, decode_error, open_rgb
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
 
 def to_float(x: Tensor) -> Tensor:
     """uint8 images in [0, 255] -> float32 in [0, 1]; float input is returned as float32 unchanged."""
@@ -135,13 +132,6 @@ def lighting(x: Tensor, brightness: Tensor, contrast: Tensor, eps: float = 1e-6)
     b = torch.logit(brightness, eps)[:, None, None, None]
     c = contrast[:, None, None, None]
     return torch.sigmoid((torch.logit(x, eps) + b) * c)
-
-
-def normalize(x: Tensor, mean: Tensor | tuple[float, ...], std: Tensor | tuple[float, ...]) -> Tensor:
-    """Per-channel ``(x - mean) / std`` for a (B, C, H, W) batch."""
-    mean = torch.as_tensor(mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-    std = torch.as_tensor(std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-    return (x - mean) / std
 
 
 def resize(x: Tensor, size: int | tuple[int, int]) -> Tensor:

@@ -92,6 +92,37 @@ def noisy_labels(csv_path: Path, level: int) -> dict[str, str]:
         return {row["path"]: row[column] for row in reader}
 
 
+def relabel(
+    items: list[tuple[Path, int]], data_dir: Path, classes: Sequence[str], level: int
+) -> list[tuple[Path, int]]:
+    """``items`` (under ``data_dir``) with the labels of Imagenette's ``noisy_*.csv`` at ``level`` % noise."""
+    csvs = sorted(data_dir.glob("noisy_*.csv"))
+    if not csvs:
+        raise FileNotFoundError(f"{data_dir} has no noisy_*.csv: noisy_labels needs the official CSV")
+    labels, index = noisy_labels(csvs[0], level), {wnid: i for i, wnid in enumerate(classes)}
+    relabelled = []
+    for path, _ in items:
+        key = path.relative_to(data_dir).as_posix()
+        if key not in labels:
+            raise KeyError(f"{csvs[0]} has no row for {key}: use the CSV that came with this dataset")
+        if labels[key] not in index:
+            raise ValueError(f"{csvs[0]}: label {labels[key]!r} of {key} is not a class folder of train/")
+        relabelled.append((path, index[labels[key]]))
+    # Rows for training images that are not on disk (deleted bad files, a subset) are ignored, and counted.
+    used = {path.relative_to(data_dir).as_posix() for path, _ in items}
+    if ignored := sorted(k for k in labels if k.startswith("train/") and k not in used):
+        log.warning(
+            "%s: ignored %d row(s) for training images that are not in %s (e.g. %s)",
+            csvs[0],
+            len(ignored),
+            data_dir / "train",
+            ", ".join(ignored[:3]),
+        )
+    changed = sum(a[1] != b[1] for a, b in zip(items, relabelled, strict=True))
+    log.info("noisy_labels=%d: %d of %d training labels differ from the folders", level, changed, len(items))
+    return relabelled
+
+
 def open_rgb(path: Path, min_size: int) -> Image.Image:
     """Decode ``path`` as RGB; JPEGs decode straight to >= ``min_size`` via DCT scaling (fast on big images).
 

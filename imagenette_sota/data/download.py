@@ -14,6 +14,7 @@ import urllib.request
 import uuid
 import zlib
 from pathlib import Path
+from typing import Any
 
 from tqdm.auto import tqdm
 
@@ -189,3 +190,36 @@ def remove_stale(root: Path, folder: str) -> None:
     for leftover in root.glob(f"{folder}.*.part"):
         log.warning("removing %s left by an interrupted download", leftover)
         leftover.unlink(missing_ok=True)
+
+
+def fetch(source: str, root: Path, checks: dict[str, Any]) -> Path:
+    """Download (if remote), verify with ``checks`` (``verify``'s keywords) and extract ``source`` under ``root``.
+
+    A remote archive already in ``root`` is reused when it verifies, else fetched again; a bad download is deleted,
+    never extracted. Returns the extracted folder ``root/<archive stem>``.
+    """
+    folder = archive_stem(source)
+    remove_stale(root, folder)
+    if is_remote(source):
+        archive = root / Path(source).name
+        if archive.is_file():
+            try:
+                verify(archive, **checks)
+            except Exception as e:
+                log.warning("%s; downloading it again", e)
+                archive.unlink()
+        if not archive.is_file():
+            log.info("downloading %s to %s", source, archive)
+            download(source, archive)
+            try:
+                verify(archive, **checks)
+            except Exception:
+                archive.unlink()  # never keep (or extract) a bad download
+                raise
+    else:
+        archive = local_path(source)
+        if not archive.is_file():
+            raise FileNotFoundError(f"archive {archive} does not exist: check the url/path you gave")
+        verify(archive, **checks)
+    log.info("extracting %s to %s", archive, root / folder)
+    return extract(archive, root, folder)

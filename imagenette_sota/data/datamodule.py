@@ -14,21 +14,14 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch import Tensor
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
-from imagenette_sota import augment as aug
 from imagenette_sota import seeds
-from imagenette_sota.cache import CachedImages
-from imagenette_sota.cache import build as build_cache
-from imagenette_sota.catalog import class_names, release
-from imagenette_sota.dataset import NOISY_LEVELS, PresizedImages, collate_skipping, noisy_labels, scan_split
-from imagenette_sota.download import (
-    archive_stem,
-    download,
-    extract,
-    is_remote,
-    local_path,
-    remove_stale,
-    verify,
-)
+from imagenette_sota.data import augment as aug
+from imagenette_sota.data.cache import CachedImages
+from imagenette_sota.data.cache import build as build_cache
+from imagenette_sota.data.catalog import class_names, release
+from imagenette_sota.data.dataset import NOISY_LEVELS, PresizedImages, collate_skipping, relabel, scan_split
+from imagenette_sota.data.download import archive_stem, fetch
+from imagenette_sota.data.normalization import Mode, Normalization
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +63,7 @@ class ImagenetteDataModule(L.LightningDataModule):
         num_workers: int | None = None,
         noisy_labels: Literal[0, 1, 5, 25, 50] = 0,
         augment: aug.Augment | None = aug.Augment(),
-        normalize: Literal["imagenet", "batch", "none"] = "imagenet",
+        normalize: Mode = "imagenet",
         skip_bad_images: bool = False,
         cache: bool = False,
     ) -> None:
@@ -88,7 +81,7 @@ class ImagenetteDataModule(L.LightningDataModule):
         normalize: ImageNet statistics, statistics of the first training batch, or none.
         skip_bad_images: skip undecodable images with a warning instead of stopping with an error.
         cache: decode every image once into a memory-mapped presized cache under the dataset folder
-            (``.presized/``); later epochs and runs decode nothing (see imagenette_sota.cache).
+            (``.presized/``); later epochs and runs decode nothing (see imagenette_sota.data.cache).
         """
         super().__init__()
         _check_sizes(
@@ -101,8 +94,6 @@ class ImagenetteDataModule(L.LightningDataModule):
         )
         if noisy_labels not in NOISY_LEVELS:
             raise ValueError(f"noisy_labels={noisy_labels!r}: choose one of {NOISY_LEVELS} (percent of noisy labels)")
-        if normalize not in ("imagenet", "batch", "none"):
-            raise ValueError(f"normalize={normalize!r}: choose 'imagenet', 'batch' or 'none'")
         if (size := max(train_size, val_size or 0)) > presize:
             log.warning("images are presized to %d px, then upsampled to %d px: set presize >= %d", presize, size, size)
         self.dataset, self.root, self.url, self.md5 = dataset, Path(root), url, md5
@@ -112,9 +103,7 @@ class ImagenetteDataModule(L.LightningDataModule):
         self.num_workers = (os.cpu_count() or 1) if num_workers is None else num_workers
         self.noisy_labels, self.augment, self.normalize = noisy_labels, augment, normalize
         self.skip_bad_images, self.cache = skip_bad_images, cache
-        self.mean, self.std = (torch.tensor(aug.IMAGENET_MEAN), torch.tensor(aug.IMAGENET_STD))
-        self._stats_fitted = normalize != "batch"
-        self._stats_copy: tuple[Tensor, Tensor, Tensor, Tensor] | None = None  # mean, std, and their device copies
+        self.normalization = Normalization(normalize)  # validates ``normalize``; fit state is checkpointed
         self.train_set: PresizedImages | CachedImages | None = None
         self.val_set: PresizedImages | CachedImages | None = None
         self._draws = (-1, 0)  # (optimizer step, training batches augmented at that step so far)
@@ -164,39 +153,13 @@ class ImagenetteDataModule(L.LightningDataModule):
         return build_cache(items, self.presize, folder, num_workers=self.num_workers, skip_bad=self.skip_bad_images)
 
     def _download_and_extract(self) -> None:
-        folder = archive_stem(self.source)
-        remove_stale(self.root, folder)
-        if is_remote(self.source):
-            archive = self.root / Path(self.source).name
-            checks = self._checksums()
-            if archive.is_file():
-                try:
-                    verify(archive, **checks)
-                except Exception as e:
-                    log.warning("%s; downloading it again", e)
-                    archive.unlink()
-            if not archive.is_file():
-                log.info("downloading %s to %s", self.source, archive)
-                download(self.source, archive)
-                try:
-                    verify(archive, **checks)
-                except Exception:
-                    archive.unlink()  # never keep (or extract) a bad download
-                    raise
-        else:
-            archive = local_path(self.source)
-            if not archive.is_file():
-                raise FileNotFoundError(f"archive {archive} does not exist: check the url/path you gave")
-            verify(archive, **self._checksums())
-        log.info("extracting %s to %s", archive, self.root / folder)
-        extract(archive, self.root, folder)
-
-    def _checksums(self) -> dict[str, Any]:
         if self.url is None:
-            return {"md5": self.release.md5, "size": self.release.size, "head_md5": self.release.head_md5}
-        if self.md5 is None:
-            log.warning("no md5 given for %s: the archive is not verified", self.url)
-        return {"md5": self.md5}
+            checks = self.release.checks()
+        else:
+            checks = {"md5": self.md5}
+            if self.md5 is None:
+                log.warning("no md5 given for %s: the archive is not verified", self.url)
+        fetch(self.source, self.root, checks)
 
     # --- datasets and loaders ----------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
@@ -208,7 +171,7 @@ class ImagenetteDataModule(L.LightningDataModule):
         classes = self.classes
         train_items = scan_split(self.data_dir / "train", classes)
         if self.noisy_labels:
-            train_items = self._relabel(train_items, classes)
+            train_items = relabel(train_items, self.data_dir, classes, self.noisy_labels)
         val_items = scan_split(self.data_dir / "val", classes)
         self.train_set, self.val_set = self._images("train", train_items), self._images("val", val_items)
         if len(self.train_set) < self.batch_size:
@@ -222,38 +185,6 @@ class ImagenetteDataModule(L.LightningDataModule):
         if self.cache:
             return CachedImages(self._cached_pixels(split, items), items, train=train)
         return PresizedImages(items, self.presize, train=train, skip_bad_images=self.skip_bad_images)
-
-    def _relabel(self, items: list[tuple[Path, int]], classes: list[str]) -> list[tuple[Path, int]]:
-        csvs = sorted(self.data_dir.glob("noisy_*.csv"))
-        if not csvs:
-            raise FileNotFoundError(f"{self.data_dir} has no noisy_*.csv: noisy_labels needs the official CSV")
-        labels, index = noisy_labels(csvs[0], self.noisy_labels), {wnid: i for i, wnid in enumerate(classes)}
-        relabelled = []
-        for path, _ in items:
-            key = path.relative_to(self.data_dir).as_posix()
-            if key not in labels:
-                raise KeyError(f"{csvs[0]} has no row for {key}: use the CSV that came with this dataset")
-            if labels[key] not in index:
-                raise ValueError(f"{csvs[0]}: label {labels[key]!r} of {key} is not a class folder of train/")
-            relabelled.append((path, index[labels[key]]))
-        # Rows for training images that are not on disk (deleted bad files, a subset) are ignored, and counted.
-        used = {path.relative_to(self.data_dir).as_posix() for path, _ in items}
-        if ignored := sorted(k for k in labels if k.startswith("train/") and k not in used):
-            log.warning(
-                "%s: ignored %d row(s) for training images that are not in %s (e.g. %s)",
-                csvs[0],
-                len(ignored),
-                self.data_dir / "train",
-                ", ".join(ignored[:3]),
-            )
-        changed = sum(a[1] != b[1] for a, b in zip(items, relabelled, strict=True))
-        log.info(
-            "noisy_labels=%d: %d of %d training labels differ from the folders",
-            self.noisy_labels,
-            changed,
-            len(items),
-        )
-        return relabelled
 
     def _loader(self, dataset: PresizedImages | CachedImages | None, batch_size: int, train: bool) -> DataLoader:
         if dataset is None:
@@ -278,13 +209,18 @@ class ImagenetteDataModule(L.LightningDataModule):
             persistent_workers=self.num_workers > 0,
         )
 
+    @property
+    def eval_batch_size(self) -> int:
+        """Batch per device for validation, test and predict: ``val_batch_size``, or 2 x ``batch_size`` (no grads)."""
+        return self.val_batch_size or 2 * self.batch_size
+
     def train_dataloader(self) -> DataLoader:
         """Shuffled uint8 batches of ``batch_size`` (the last partial batch is dropped)."""
         return self._loader(self.train_set, self.batch_size, train=True)
 
     def val_dataloader(self) -> DataLoader:
         """Centre-presized uint8 validation batches, in dataset order; under DDP each rank a share, none repeated."""
-        return self._loader(self.val_set, self.val_batch_size or 2 * self.batch_size, train=False)
+        return self._loader(self.val_set, self.eval_batch_size, train=False)
 
     def test_dataloader(self) -> DataLoader:
         """The official val split (Imagenette has no separate test labels)."""
@@ -319,35 +255,16 @@ class ImagenetteDataModule(L.LightningDataModule):
             out = self.augment(x, self.train_size, generator)
         else:
             out = aug.resize(aug.to_float(x), self.train_size)
-        if not self._stats_fitted:
-            self.fit_stats(out)
-        return self._normalize(out)
+        if not self.normalization.fitted:  # "batch": the first training batch's statistics, equal on every rank
+            self.normalization.fit(out, self._mean_over_ranks if self.trainer is not None else None)
+        return self.normalization(out)
 
     def val_transform(self, x: Tensor) -> Tensor:
         """uint8 presized batch -> centre view at ``val_size``, normalized; no randomness."""
-        return self._normalize(aug.resize(aug.to_float(x), self.val_size or self.train_size))
+        return self.normalization(aug.resize(aug.to_float(x), self.val_size or self.train_size))
 
-    def fit_stats(self, x: Tensor) -> None:
-        """Per-channel mean and std of a float batch in [0, 1], used from then on (fastai ``Normalize()``)."""
-        mean, std = x.mean(dim=(0, 2, 3)), x.std(dim=(0, 2, 3))
-        if self.trainer is not None:  # every rank must normalize alike: average the ranks' estimates
-            mean, std = (
-                self.trainer.strategy.reduce(mean, reduce_op="mean"),
-                self.trainer.strategy.reduce(std, reduce_op="mean"),
-            )
-        self.mean, self.std = mean.cpu(), std.cpu()
-        self._stats_fitted = True
-        log.info("normalization statistics from a batch: mean %s std %s", self.mean.tolist(), self.std.tolist())
-
-    def _normalize(self, x: Tensor) -> Tensor:
-        return x if self.normalize == "none" else aug.normalize(x, *self._stats_on(x.device))
-
-    def _stats_on(self, device: torch.device) -> tuple[Tensor, Tensor]:
-        """``mean`` and ``std`` on ``device``, copied once per device and value (a copy per batch would sync)."""
-        cached = self._stats_copy
-        if cached is None or cached[0] is not self.mean or cached[1] is not self.std or cached[2].device != device:
-            cached = self._stats_copy = (self.mean, self.std, self.mean.to(device), self.std.to(device))
-        return cached[2], cached[3]
+    def _mean_over_ranks(self, value: Tensor) -> Tensor:
+        return self.trainer.strategy.reduce(value, reduce_op="mean")
 
     # --- checkpoints -------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -356,9 +273,7 @@ class ImagenetteDataModule(L.LightningDataModule):
             "train_size": self.train_size,
             "val_size": self.val_size,
             "batch_size": self.batch_size,
-            "mean": self.mean.tolist(),
-            "std": self.std.tolist(),
-            "stats_fitted": self._stats_fitted,
+            **self.normalization.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -368,5 +283,4 @@ class ImagenetteDataModule(L.LightningDataModule):
             state["val_size"],
             state["batch_size"],
         )
-        self.mean, self.std = torch.tensor(state["mean"]), torch.tensor(state["std"])
-        self._stats_fitted = state["stats_fitted"]
+        self.normalization.load_state_dict(state)

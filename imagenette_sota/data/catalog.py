@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from torchvision.datasets import Imagenette
 
@@ -17,6 +18,10 @@ class Release:
     md5: str | None = None
     size: int | None = None
     head_md5: str | None = None
+
+    def checks(self) -> dict[str, Any]:
+        """The checks ``download.verify`` takes for this archive."""
+        return {"md5": self.md5, "size": self.size, "head_md5": self.head_md5}
 
 
 # Imagenette: torchvision already holds the URLs and full-file md5s; use them.
