@@ -14,6 +14,7 @@ to Lightning's own transaction.
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -54,3 +55,32 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             os.fsync(folder)
         finally:
             os.close(folder)
+
+
+# torch.save's legacy (pre-zip) format starts with the pickled magic number 0x1950a86a20f9469cfc6c.
+_LEGACY_HEAD = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
+
+
+def check_ckpt_path(path: str | Path | None) -> None:
+    """Refuse a local ``ckpt_path`` that does not exist or is not a checkpoint, before anything runs.
+
+    Lightning's names (``last``, ``best``, ``hpc``, ``registry...``) and remote URLs are left to Lightning.
+    """
+    if path is None:
+        return
+    text = str(path)
+    if text in ("last", "best", "hpc") or text.startswith("registry") or "://" in text.replace("file://", ""):
+        return
+    file = Path(text.removeprefix("file://"))
+    fix = "give the .ckpt file a fit wrote (<run>/checkpoints/*.ckpt) or 'last'"
+    if not file.exists():
+        raise FileNotFoundError(f"ckpt_path={text}: no such file: {fix}")
+    if file.is_dir():
+        raise ValueError(f"ckpt_path={text} is a folder: {fix}")
+    with open(file, "rb") as f:
+        head = f.read(len(_LEGACY_HEAD))
+    if not zipfile.is_zipfile(file) and head != _LEGACY_HEAD:
+        raise ValueError(
+            f"ckpt_path={text} is not a checkpoint (torch.save's format; this file starts with {head[:12]!r}, "
+            f"or is truncated): {fix}"
+        )

@@ -30,6 +30,7 @@ from imagenette_sota import seeds
 from imagenette_sota.callbacks.inspection import Inspection
 from imagenette_sota.callbacks.tta import TTASettings
 from imagenette_sota.callbacks.tta import tta as test_time_augmentation
+from imagenette_sota.checkpoint_io import check_ckpt_path
 from imagenette_sota.data import ImagenetteDataModule
 from imagenette_sota.module import ImagenetteClassifier, check_checkpoint
 
@@ -88,10 +89,22 @@ class ImagenetteCLI(LightningCLI):
             }
         )
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parse, then refuse a ``ckpt_path`` that is missing or no checkpoint (before Lightning reads it)."""
+        super().parse_arguments(parser, args)
+        if subcommand := self.config.get("subcommand"):
+            try:
+                check_ckpt_path(self.config[subcommand].get("ckpt_path"))
+            except (FileNotFoundError, ValueError) as error:
+                parser.error(str(error))  # usage, the message, exit status 2: like any other bad argument
+
     def before_instantiate_classes(self) -> None:
         """Load checkpoints with ``weights_only=True`` (no code runs) unless ``--weights_only`` says otherwise."""
-        if self.subcommand is not None and self.config[self.subcommand].get("weights_only", False) is None:
-            self.config[self.subcommand]["weights_only"] = True
+        if self.subcommand is None:
+            return
+        config = self.config[self.subcommand]
+        if config.get("weights_only", False) is None:
+            config["weights_only"] = True
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         """The Trainer; without a logger (``--trainer.logger false``) the lr monitor, which needs one, is left out."""
@@ -153,7 +166,7 @@ def cli(args: list[str] | None = None) -> ImagenetteCLI:
             args=args,
             save_config_kwargs={"overwrite": True},
         )
-    except (ValueError, TypeError, KeyError, FileNotFoundError, MisconfigurationException) as error:
+    except (ValueError, TypeError, KeyError, FileNotFoundError, ConnectionError, MisconfigurationException) as error:
         message = config_error(error)
         if message is None:
             raise

@@ -55,6 +55,13 @@ def check_checkpoint(
     )
 
 
+def _check_numbers(**checks: tuple[float, str, bool]) -> None:
+    """Refuse the first number outside its range: ``name=(value, "the range in words", value is in range)``."""
+    for name, (value, allowed, ok) in checks.items():
+        if not ok:  # NaN compares False, so it is refused too
+            raise ValueError(f"{name}={value!r} must be {allowed}")
+
+
 class ImagenetteClassifier(L.LightningModule):
     """An image classifier trained the fastai way: Adam + one-cycle, label smoothing, mixup or cutmix."""
 
@@ -89,6 +96,16 @@ class ImagenetteClassifier(L.LightningModule):
             image size compiles again (same rows).
         """
         super().__init__()
+        _check_numbers(
+            lr=(lr, "> 0", lr > 0),
+            weight_decay=(weight_decay, ">= 0", weight_decay >= 0),
+            pct_start=(pct_start, "in (0, 1)", 0 < pct_start < 1),
+            div=(div, "> 0", div > 0),
+            div_final=(div_final, "> 0", div_final > 0),
+            label_smoothing=(label_smoothing, "in [0, 1)", 0 <= label_smoothing < 1),
+            mixup_alpha=(mixup_alpha, ">= 0", mixup_alpha >= 0),
+            cutmix_alpha=(cutmix_alpha, ">= 0", cutmix_alpha >= 0),
+        )
         if mixup_alpha > 0 and cutmix_alpha > 0:
             raise ValueError("choose mixup or cutmix, not both: set mixup_alpha or cutmix_alpha to 0")
         # A function is not a hyperparameter one can store sensibly; the CLI's config.yaml records it.

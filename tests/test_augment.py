@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from imagenette_sota.data import augment as aug
-from imagenette_sota.data.dataset import PresizedImages, scan_split
+from imagenette_sota.data.dataset import PresizedImages
+from imagenette_sota.data.folders import scan_split
 from imagenette_sota.data.normalization import IMAGENET_MEAN, IMAGENET_STD, Normalization, normalize
 
 

@@ -188,7 +188,7 @@ def test_stray_files_are_skipped_and_counted(data: Path, caplog: pytest.LogCaptu
         dm.setup()
     assert (len(dm.train_set), len(dm.val_set)) == (200, 100)
     assert (
-        f"{data / 'train'}: skipped 3 file(s) that are not .jpeg/.jpg/.png/.webp images "
+        f"{data / 'train'}: skipped 3 file(s) that are hidden or not .jpeg/.jpg/.png/.webp/.bmp/.tif/.tiff/.gif images "
         f"(e.g. .DS_Store, {WNIDS[0]}/README.txt, {WNIDS[5]}/{fork.name})"
     ) in caplog.text
     assert "val: skipped" not in caplog.text

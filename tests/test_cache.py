@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 
 from imagenette_sota.data import ImagenetteDataModule, cache
-from imagenette_sota.data.dataset import BadImageError, PresizedImages, scan_split
+from imagenette_sota.data.dataset import BadImageError, PresizedImages
+from imagenette_sota.data.folders import scan_split
 
 
 @pytest.fixture

@@ -33,6 +33,15 @@ LEADERBOARD = {
 FACTS: dict[str, dict[str, Any]] = {
     "baseline": {**BOOK, "data.normalize": "none", "data.train_size": 224, "trainer.max_epochs": 5, "model.lr": 3e-3},
     "normalize": {**NORMALIZED, "trainer.max_epochs": 5},
+    "book_random_split": {
+        **BOOK,
+        "data.normalize": "none",
+        "data.train_size": 224,
+        "trainer.max_epochs": 5,
+        "model.lr": 3e-3,
+        "data.split": "random",
+        "data.valid_pct": 0.2,
+    },
     "progressive": {
         **BOOK,
         "data.normalize": "imagenet",

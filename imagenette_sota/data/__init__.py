@@ -1,4 +1,4 @@
-"""The way an image travels: catalog -> download -> dataset (or cache) -> augment -> normalization, on a data module.
+"""The way an image travels: catalog -> download -> folders -> split -> dataset (or cache) -> augment -> normalization.
 
 ``ImagenetteDataModule`` (``datamodule.py``) is the only Lightning piece; it is imported on first use, so the pure
 pieces (``augment``, ``normalization``, ``dataset``) load without Lightning, in DataLoader workers too.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,3 +64,11 @@ def class_names(dataset: str) -> dict[str, str]:
     """wnid -> human-readable name for the family of ``dataset`` (sorted by wnid, the folder order)."""
     names = _IMAGEWOOF_NAMES if release(dataset) in _IMAGEWOOF.values() else _IMAGENETTE_NAMES
     return dict(sorted(names.items()))
+
+
+def human_names(folders: Sequence[str]) -> list[str]:
+    """Readable names for the class folders of an official release (its exact set of wnids), else the folder names."""
+    for names in (_IMAGENETTE_NAMES, _IMAGEWOOF_NAMES):
+        if set(folders) == names.keys():
+            return [names[wnid] for wnid in folders]
+    return list(folders)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -12,26 +11,20 @@ import lightning as L
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch import Tensor
-from torch.utils.data import DataLoader, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Sampler
 
 from imagenette_sota import seeds
 from imagenette_sota.data import augment as aug
 from imagenette_sota.data.cache import CachedImages
 from imagenette_sota.data.cache import build as build_cache
-from imagenette_sota.data.catalog import class_names, release
-from imagenette_sota.data.dataset import NOISY_LEVELS, PresizedImages, collate_skipping, relabel, scan_split
+from imagenette_sota.data.catalog import RELEASES, class_names, human_names, release
+from imagenette_sota.data.dataset import NOISY_LEVELS, PresizedImages, SeededSampler, collate_skipping, relabel
 from imagenette_sota.data.download import archive_stem, fetch
+from imagenette_sota.data.folders import Items, Layout, class_folders, find_layout
 from imagenette_sota.data.normalization import Mode, Normalization
+from imagenette_sota.data.split import How, Split
 
 log = logging.getLogger(__name__)
-
-
-class SeededSampler(DistributedSampler):
-    """DistributedSampler of ``(index, seed)`` pairs: a sample's random crop is a function of (seed, epoch, index)."""
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        epoch = self.epoch
-        return ((i, seeds.derive(self.seed, seeds.CROP, epoch, i)) for i in super().__iter__())
 
 
 def _check_sizes(**sizes: int | None) -> None:
@@ -66,10 +59,14 @@ class ImagenetteDataModule(L.LightningDataModule):
         normalize: Mode = "imagenet",
         skip_bad_images: bool = False,
         cache: bool = False,
+        split: How = "folders",
+        valid_pct: float = 0.2,
+        split_seed: int = 42,
     ) -> None:
         """Args:
         dataset: official release (imagenette2, imagenette2-320, imagenette2-160, imagewoof2[-320|-160]).
-        root: folder that holds the extracted dataset (or is itself a folder with train/ and val/).
+        root: folder that holds the extracted release, or is itself a dataset: train/ and val/ with one
+            sub-folder per class, or one sub-folder per class and no split (validation: a random valid_pct).
         url: another source for the archive: an http(s) URL or a local .tgz path (an offline mirror).
         md5: checksum of the archive at ``url``; the official checksum is used when ``url`` is not given.
         presize: square side (px) each image is cropped and resized to on the CPU (fastai ``Resize``).
@@ -82,6 +79,10 @@ class ImagenetteDataModule(L.LightningDataModule):
         skip_bad_images: skip undecodable images with a warning instead of stopping with an error.
         cache: decode every image once into a memory-mapped presized cache under the dataset folder
             (``.presized/``); later epochs and runs decode nothing (see imagenette_sota.data.cache).
+        split: "folders": validate on val/ (a root of class folders alone is split at random); "random": pool
+            every image and hold out a random valid_pct (the book's Imagenette split).
+        valid_pct: fraction of the images held out by a random split (fastai RandomSplitter(valid_pct, seed)).
+        split_seed: seed of the random split, apart from the run's seed: the same split whatever the run.
         """
         super().__init__()
         _check_sizes(
@@ -94,6 +95,9 @@ class ImagenetteDataModule(L.LightningDataModule):
         )
         if noisy_labels not in NOISY_LEVELS:
             raise ValueError(f"noisy_labels={noisy_labels!r}: choose one of {NOISY_LEVELS} (percent of noisy labels)")
+        self.splitter = Split(split, valid_pct, split_seed)  # validates them; the split drawn is checkpointed
+        if noisy_labels and split == "random":
+            raise ValueError(f"noisy_labels={noisy_labels} follows the official split: use split='folders'")
         if (size := max(train_size, val_size or 0)) > presize:
             log.warning("images are presized to %d px, then upsampled to %d px: set presize >= %d", presize, size, size)
         self.dataset, self.root, self.url, self.md5 = dataset, Path(root), url, md5
@@ -103,6 +107,7 @@ class ImagenetteDataModule(L.LightningDataModule):
         self.num_workers = (os.cpu_count() or 1) if num_workers is None else num_workers
         self.noisy_labels, self.augment, self.normalize = noisy_labels, augment, normalize
         self.skip_bad_images, self.cache = skip_bad_images, cache
+        _ = self.layout  # refuse a root laid out in a way we cannot read now, before anything is downloaded
         self.normalization = Normalization(normalize)  # validates ``normalize``; fit state is checkpointed
         self.train_set: PresizedImages | CachedImages | None = None
         self.val_set: PresizedImages | CachedImages | None = None
@@ -115,25 +120,25 @@ class ImagenetteDataModule(L.LightningDataModule):
         return self.url or self.release.url
 
     @property
+    def layout(self) -> Layout | None:
+        """How ``root`` holds the images: "split" (train/, val/), "classes" (no split) or None (to download)."""
+        return find_layout(self.root, {*RELEASES, *([archive_stem(self.url)] if self.url else [])})
+
+    @property
     def data_dir(self) -> Path:
-        """The extracted dataset folder (holding train/ and val/)."""
-        if (self.root / "train").is_dir() and (self.root / "val").is_dir():
-            return self.root
-        return self.root / archive_stem(self.source)
+        """The dataset folder: ``root`` itself, or the release extracted under it (holding train/ and val/)."""
+        return self.root if self.layout else self.root / archive_stem(self.source)
 
     @property
     def classes(self) -> list[str]:
-        """Class folder names (wnids), sorted: from the folders once extracted, else from the release."""
-        train = self.data_dir / "train"
-        if train.is_dir():
-            return sorted(p.name for p in train.iterdir() if p.is_dir())
-        return list(class_names(self.dataset))
+        """Class folder names, sorted: from the folders once there, else the release's wnids."""
+        folder = self.data_dir if self.layout == "classes" else self.data_dir / "train"
+        return class_folders(folder) if folder.is_dir() else list(class_names(self.dataset))
 
     @property
     def class_names(self) -> list[str]:
-        """Human-readable class names in label order."""
-        names = class_names(self.dataset)
-        return [names.get(wnid, wnid) for wnid in self.classes]
+        """Human-readable class names in label order: the folder names, or the official releases' names."""
+        return human_names(self.classes)
 
     @property
     def num_classes(self) -> int:
@@ -145,34 +150,33 @@ class ImagenetteDataModule(L.LightningDataModule):
         if not self.data_dir.is_dir():
             self._download_and_extract()
         if self.cache:
-            for split in ("train", "val"):
-                self._cached_pixels(split, scan_split(self.data_dir / split, self.classes))
+            for split, items in zip(
+                ("train", "val"), self.splitter(self.data_dir, self.layout or "split", self.classes), strict=True
+            ):
+                self._cached_pixels(split, items)
 
-    def _cached_pixels(self, split: str, items: list[tuple[Path, int]]) -> Path:
+    def _cached_pixels(self, split: str, items: Items) -> Path:
         folder = self.data_dir / ".presized" / split
         return build_cache(items, self.presize, folder, num_workers=self.num_workers, skip_bad=self.skip_bad_images)
 
     def _download_and_extract(self) -> None:
-        if self.url is None:
-            checks = self.release.checks()
-        else:
-            checks = {"md5": self.md5}
-            if self.md5 is None:
-                log.warning("no md5 given for %s: the archive is not verified", self.url)
-        fetch(self.source, self.root, checks)
+        fetch(self.source, self.root, self.release.checks() if self.url is None else {"md5": self.md5})
 
     # --- datasets and loaders ----------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
-        """Index the train/val folders (and the noisy labels if asked)."""
+        """Index the images, split them (and read the noisy labels if asked)."""
         if not self.data_dir.is_dir():
             raise FileNotFoundError(
                 f"{self.data_dir} does not exist: call prepare_data() (the Trainer does) or point root at it"
             )
-        classes = self.classes
-        train_items = scan_split(self.data_dir / "train", classes)
+        self._build()
+        if self.trainer is not None and self.trainer.world_size > 1:
+            self.splitter.check_ranks_agree(self.trainer.strategy.broadcast, self.trainer.global_rank, self.data_dir)
+
+    def _build(self) -> None:
+        train_items, val_items = self.splitter(self.data_dir, self.layout or "split", self.classes)
         if self.noisy_labels:
-            train_items = relabel(train_items, self.data_dir, classes, self.noisy_labels)
-        val_items = scan_split(self.data_dir / "val", classes)
+            train_items = relabel(train_items, self.data_dir, self.classes, self.noisy_labels)
         self.train_set, self.val_set = self._images("train", train_items), self._images("val", val_items)
         if len(self.train_set) < self.batch_size:
             raise ValueError(
@@ -180,7 +184,7 @@ class ImagenetteDataModule(L.LightningDataModule):
                 "partial batch is dropped, so an epoch would be empty): use a smaller batch_size"
             )
 
-    def _images(self, split: str, items: list[tuple[Path, int]]) -> PresizedImages | CachedImages:
+    def _images(self, split: str, items: Items) -> PresizedImages | CachedImages:
         train = split == "train"
         if self.cache:
             return CachedImages(self._cached_pixels(split, items), items, train=train)
@@ -268,8 +272,11 @@ class ImagenetteDataModule(L.LightningDataModule):
 
     # --- checkpoints -------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """What a resumed run must restore: current sizes, batch size and normalization statistics."""
+        """What a resumed run must restore: sizes, batch size, normalization statistics, the split and the classes."""
         return {
+            "split": self.splitter.state_dict(),
+            "classes": self.classes,
+            "class_names": self.class_names,
             "train_size": self.train_size,
             "val_size": self.val_size,
             "batch_size": self.batch_size,
@@ -284,3 +291,7 @@ class ImagenetteDataModule(L.LightningDataModule):
             state["batch_size"],
         )
         self.normalization.load_state_dict(state)
+        if state.get("split") is not None:  # checkpoints from before the split was recorded have none
+            self.splitter.load_state_dict(state["split"], self.layout)
+            if self.train_set is not None:  # already set up (Lightning restores after setup): split again
+                self._build()

@@ -1,24 +1,23 @@
-"""Image-folder dataset that decodes and presizes on the CPU (fastai ``Resize(presize)``) to uint8 tensors."""
+"""Image datasets that decode and presize on the CPU (fastai ``Resize(presize)``) to uint8 tensors; their sampler."""
 
 from __future__ import annotations
 
 import csv
 import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import Dataset, DistributedSampler, default_collate
 from torchvision.transforms.functional import pil_to_tensor
 
 from imagenette_sota import seeds
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".webp")
 NOISY_LEVELS = (0, 1, 5, 25, 50)
 
 
@@ -41,43 +40,6 @@ def decode_error(path: Path, error: Exception) -> BadImageError:
         f"{path}: cannot decode image ({error}). Replace or delete the file, or pass "
         "skip_bad_images=True to skip such files."
     )
-
-
-def _is_image(path: Path) -> bool:
-    """An image by name: a known extension and not hidden (macOS ``._x.JPEG`` resource forks are not images)."""
-    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
-
-
-def scan_split(split_dir: Path, classes: Sequence[str]) -> list[tuple[Path, int]]:
-    """(path, label) for every image under ``split_dir/<class>/``, sorted; stray non-image files are skipped."""
-    if not split_dir.is_dir():
-        raise FileNotFoundError(f"{split_dir} does not exist: the dataset folder needs train/ and val/ subfolders")
-    found = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
-    strays = sorted(p for p in split_dir.iterdir() if not p.is_dir())
-    if missing := sorted(set(classes) - set(found)):
-        raise FileNotFoundError(f"{split_dir} lacks class folder(s) {missing}: every split needs every class")
-    if extra := sorted(set(found) - set(classes)):
-        raise ValueError(
-            f"{split_dir} has class folder(s) {extra} that the training split does not have: add them to train/ "
-            "or remove them"
-        )
-    items: list[tuple[Path, int]] = []
-    for label, wnid in enumerate(classes):
-        files = sorted(p for p in (split_dir / wnid).iterdir() if not p.is_dir())
-        images = [p for p in files if _is_image(p)]
-        strays += [p for p in files if not _is_image(p)]
-        if not images:
-            raise FileNotFoundError(f"{split_dir / wnid} holds no images: add images or remove the folder")
-        items += [(p, label) for p in images]
-    if strays:
-        log.warning(
-            "%s: skipped %d file(s) that are not %s images (e.g. %s)",
-            split_dir,
-            len(strays),
-            "/".join(IMAGE_EXTENSIONS),
-            ", ".join(p.relative_to(split_dir).as_posix() for p in strays[:3]),
-        )
-    return items
 
 
 def noisy_labels(csv_path: Path, level: int) -> dict[str, str]:
@@ -148,7 +110,7 @@ def presize(img: Image.Image, size: int, position: tuple[float, float]) -> Image
     """Largest centred-at-``position`` square crop, resized to ``size`` x ``size`` (fastai ``Resize``)."""
     w, h = img.size
     side = min(w, h)
-    left, top = round(position[0] * (w - side)), round(position[1] * (h - side))
+    left, top = int(position[0] * (w - side)), int(position[1] * (h - side))  # floor, like fastai's Resize
     return img.resize((size, size), Image.Resampling.BILINEAR, box=(left, top, left + side, top + side))
 
 
@@ -199,3 +161,11 @@ def collate_skipping(batch: list[tuple[Tensor, int] | None]) -> tuple[Tensor, Te
     if not kept:
         raise BadImageError(f"all {len(batch)} images of a batch failed to decode (see the warnings above)")
     return default_collate(kept)
+
+
+class SeededSampler(DistributedSampler):
+    """DistributedSampler of ``(index, seed)`` pairs: a sample's random crop is a function of (seed, epoch, index)."""
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = self.epoch
+        return ((i, seeds.derive(self.seed, seeds.CROP, epoch, i)) for i in super().__iter__())

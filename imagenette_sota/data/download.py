@@ -35,6 +35,23 @@ class BadArchiveError(RuntimeError):
     """The file is not a complete, readable tar archive."""
 
 
+class UnreachableError(ConnectionError):
+    """The archive's URL cannot be fetched: no network, nothing listening, or the server refused it."""
+
+
+def unreachable(url: str, error: urllib.error.URLError) -> UnreachableError:
+    """What to do when ``url`` cannot be fetched: the reason, and the offline alternatives."""
+    if isinstance(error, urllib.error.HTTPError):
+        what = f"{url} answered HTTP {error.code} {error.reason}: check the url"
+    else:
+        what = f"cannot reach {url} ({error.reason}): this machine may be offline, or nothing serves that address"
+    return UnreachableError(
+        f"{what}. Without a network, fetch the archive elsewhere and pass its path as url (--data.url "
+        "/path/to/archive.tgz, with --data.md5 its checksum), or point root (--data.root) at an extracted folder: "
+        "train/ and val/ with class sub-folders, or one sub-folder per class"
+    )
+
+
 class StorageError(OSError):
     """The data root cannot take the files: the disk is full, or it is read-only or not writable by us."""
 
@@ -109,25 +126,30 @@ def download(url: str, dest: Path, timeout: float = 60.0, progress: bool = True)
     """
     part = dest.with_name(dest.name + ".part")
     try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        with urllib.request.urlopen(url, timeout=timeout) as response, open(part, "wb") as out:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, disable=not progress) as bar:
-                while chunk := response.read(_CHUNK):
-                    out.write(chunk)
-                    bar.update(len(chunk))
-            out.flush()
-            os.fsync(out.fileno())
-        if total is not None and part.stat().st_size != total:
-            raise ConnectionError(f"{url}: got {part.stat().st_size} of {total} bytes; run again to retry")
-        if dest.name.endswith((".tar.gz", ".tgz", ".tar")) and not tarfile.is_tarfile(part):
-            with open(part, "rb") as f:
-                head = f.read(60)
-            raise BadArchiveError(
-                f"{url} sent {part.stat().st_size} bytes of {response.headers.get('Content-Type')!r} starting "
-                f"{head!r}, not a tar archive (an error or login page?): check the url, or download the archive "
-                "yourself and pass its path as url"
-            )
+        response = urllib.request.urlopen(url, timeout=timeout)
+    except urllib.error.URLError as e:  # before anything is written: an unreachable url leaves no trace
+        raise unreachable(url, e) from e
+    try:
+        with response:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            with open(part, "wb") as out:
+                total = int(response.headers.get("Content-Length") or 0) or None
+                with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, disable=not progress) as bar:
+                    while chunk := response.read(_CHUNK):
+                        out.write(chunk)
+                        bar.update(len(chunk))
+                out.flush()
+                os.fsync(out.fileno())
+            if total is not None and part.stat().st_size != total:
+                raise ConnectionError(f"{url}: got {part.stat().st_size} of {total} bytes; run again to retry")
+            if dest.name.endswith((".tar.gz", ".tgz", ".tar")) and not tarfile.is_tarfile(part):
+                with open(part, "rb") as f:
+                    head = f.read(60)
+                raise BadArchiveError(
+                    f"{url} sent {part.stat().st_size} bytes of {response.headers.get('Content-Type')!r} starting "
+                    f"{head!r}, not a tar archive (an error or login page?): check the url, or download the archive "
+                    "yourself and pass its path as url"
+                )
         os.replace(part, dest)
     except OSError as e:
         part.unlink(missing_ok=True)
@@ -200,6 +222,8 @@ def fetch(source: str, root: Path, checks: dict[str, Any]) -> Path:
     """
     folder = archive_stem(source)
     remove_stale(root, folder)
+    if not any(checks.values()):
+        log.warning("no checksum given for %s: the archive is not verified", source)
     if is_remote(source):
         archive = root / Path(source).name
         if archive.is_file():
