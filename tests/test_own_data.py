@@ -13,7 +13,9 @@ import subprocess
 import sys
 import tarfile
 from pathlib import Path
+from typing import Any
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -21,6 +23,7 @@ import yaml
 from fastai.data.transforms import RandomSplitter
 from fastai.vision.augment import Resize
 from fastai.vision.core import PILImage
+from lightning.pytorch.callbacks import Callback
 from PIL import Image
 
 from imagenette_sota.data import ImagenetteDataModule
@@ -28,9 +31,11 @@ from imagenette_sota.data.catalog import class_names
 from imagenette_sota.data.dataset import PresizedImages, open_rgb, presize
 from imagenette_sota.data.folders import find_layout, scan_classes
 from imagenette_sota.data.split import file_digest, random_split
+from imagenette_sota.module import ImagenetteClassifier
 
 from .conftest import SHARED_DATA
 from .test_cli import QUICK, cli, rejected, small
+from .test_ddp import DDP, TIMEOUT, Count, deadline, tiny_xresnet
 
 BOOK = str(Path(__file__).parents[1] / "configs" / "book_random_split.yaml")
 WNIDS = list(class_names("imagenette2-160"))
@@ -261,3 +266,45 @@ def test_book_random_split_pools_the_release_stable_and_disjoint(mini_dir: Path,
     official = ImagenetteDataModule(root=mini_dir, batch_size=10)  # the default stays the val/ folder
     official.setup()
     assert {p.parts[-3] for p, _ in official.val_set.items} == {"val"} and len(official.val_set) == 100
+
+
+# --- DDP: every rank holds out the same images ------------------------------------------------------------
+class SplitSeen(Callback):
+    """Logs a number of each rank's validation split (from its file list): the min and max over the ranks."""
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        dm = trainer.datamodule
+        code = float(int(file_digest(dm.val_set.items, dm.data_dir)[:6], 16))  # < 2**24: exact in float32
+        pl_module.log("split/min", code, reduce_fx="min", sync_dist=True)
+        pl_module.log("split/max", code, reduce_fx="max", sync_dist=True)
+
+
+class OtherCopyOnRank1(ImagenetteDataModule):
+    """Rank 1 reads ``other``: another node's copy of the data that lacks a file."""
+
+    def __init__(self, other: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.other = other
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.trainer.global_rank == 1:
+            self.root = Path(self.other)
+        super().setup(stage)
+
+
+def test_ddp_ranks_hold_out_the_same_images(own: Path, tmp_path: Path) -> None:
+    settings = {"root": own, "presize": 32, "train_size": 32, "batch_size": 16, "num_workers": 0}
+    model = ImagenetteClassifier(backbone=tiny_xresnet, num_classes=10)
+    alone = ImagenetteDataModule(**settings)
+    alone.setup()
+    expected = float(int(file_digest(alone.val_set.items, own)[:6], 16))
+    trainer = L.Trainer(callbacks=[SplitSeen(), Count()], **{**DDP, "strategy": "ddp_fork"})
+    with deadline(TIMEOUT):
+        metrics = trainer.validate(model, ImagenetteDataModule(**settings), verbose=False)[0]
+    assert metrics["split/min"] == metrics["split/max"] == expected and metrics["seen/val"] == 60
+    other = tmp_path / "other"
+    shutil.copytree(own, other)
+    (other / WNIDS[1] / ADDED[0]).unlink()
+    dm = OtherCopyOnRank1(str(other), **settings)
+    with deadline(TIMEOUT), pytest.raises(Exception, match="rank 1 sees other files than rank 0: give every node"):
+        L.Trainer(**{**DDP, "strategy": "ddp_fork"}).validate(model, dm, verbose=False)

@@ -47,8 +47,8 @@ def unreachable(url: str, error: urllib.error.URLError) -> UnreachableError:
         what = f"cannot reach {url} ({error.reason}): this machine may be offline, or nothing serves that address"
     return UnreachableError(
         f"{what}. Without a network, fetch the archive elsewhere and pass its path as url (--data.url "
-        "/path/to/archive.tgz, with --data.md5 its checksum), or point root (--data.root) at an extracted folder: "
-        "train/ and val/ with class sub-folders, or one sub-folder per class"
+        "/path/to/archive.tgz), or point root (--data.root) at an extracted folder: train/ and val/ with class "
+        "sub-folders, or one sub-folder per class"
     )
 
 
