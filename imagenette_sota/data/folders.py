@@ -38,9 +38,9 @@ def _holds_images(folder: Path) -> bool:
 def find_layout(root: Path, releases: Collection[str] = ()) -> Layout | None:
     """How ``root`` holds images: ``train/`` + ``val/`` ("split"), one folder per class ("classes"), or None.
 
-    None: nothing there yet (a missing or empty root, or one holding only the release folders named in
-    ``releases``), so a release may be downloaded into it. A root with ``train/`` but no ``val/`` (or the
-    reverse), or with folders that hold no images, is refused: downloading into it would not be what was meant.
+    None: nothing there yet (a missing or empty root) or release folders (named in ``releases``), so a release is
+    used or downloaded there. A root with ``train/`` but no ``val/`` (or the reverse), or with folders that hold no
+    images and no release folder, is refused: downloading into it would not be what was meant.
     """
     if not root.is_dir():
         return None
@@ -56,7 +56,7 @@ def find_layout(root: Path, releases: Collection[str] = ()) -> Layout | None:
     others = [name for name in names if name not in releases]
     if any(_holds_images(root / name) for name in others):
         return "classes"
-    if others:
+    if others and not set(names) & set(releases):  # beside a release folder they are the user's business
         shown = ", ".join(f"{n}/" for n in others[:3])
         raise ValueError(
             f"root={root} holds folders ({shown}) but no images directly inside them: point root at a folder "
