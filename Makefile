@@ -17,19 +17,22 @@ help:  ## list the targets
 install: $(VENV)/.installed  ## create .venv with the pinned local torch and the suite (editable, dev extras)
 
 # torch/torchvision are pinned here, not in pyproject: these machines hold exactly these builds locally.
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet $(TORCH_PINS)
+	$(BIN)/pip install --quiet -e '.[dev]' $(TORCH_PINS)
 	touch $@
 
-install-bench: $(VENV)/.installed-bench  ## add fastai (benchmark-only peer)
+install-bench: $(VENV)/.installed-bench  ## add fastai (the test and benchmark peer; the package never imports it)
 
+# The pins again, so resolving fastai's requirements can never replace the local torch.
 $(VENV)/.installed-bench: $(VENV)/.installed
-	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	$(BIN)/pip install --quiet -e '.[dev,bench]' $(TORCH_PINS)
 	touch $@
 
-test: install  ## lint, then the whole test suite (CPU, real images from ../shared/data)
+test: install-bench  ## lint, then the whole test suite with fastai as the peer (CPU, real images from ../shared/data)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest -q

@@ -3,7 +3,8 @@
 Nothing in training draws from the global RNG streams, which a checkpoint does not restore: the train sampler gives
 every sample a seed from (run seed, epoch, dataset index) for its crop position, the data module seeds the batch
 augmentation from (run seed, rank, optimizer step, batch within the step), the module its mixup / cutmix from (run
-seed, rank, epoch, batch index). The run seed is the one ``seed_everything`` exported, as Lightning's samplers read it.
+seed, rank, epoch, batch index), and test-time augmentation its presize crops from (seed, sample, view). The run
+seed is the one ``seed_everything`` exported, as Lightning's samplers read it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 DEFAULT = 42  # the run seed of every CLI run that does not set seed_everything
 
 # Stream numbers: the same position in training seeds unrelated draws in each stream.
-CROP, AUGMENT, MIX = 0, 1, 2
+CROP, AUGMENT, MIX, TTA_CROP = 0, 1, 2, 3
 
 
 def run_seed() -> int:

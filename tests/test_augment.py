@@ -63,6 +63,31 @@ def test_large_shrink_area_averages_first(real_batch: torch.Tensor) -> None:
     torch.testing.assert_close(aug.resample(x, eye, 16), F.avg_pool2d(x, 4), atol=1e-3, rtol=0)
 
 
+def test_area_averaging_is_chosen_per_sample(real_batch: torch.Tensor) -> None:
+    x = real_batch.float()
+    n = len(x)
+    # Half the batch views the whole image at 16 px (4x shrink), half a quarter-area crop (2x): each sample must
+    # come out as if resampled alone, not with the batch's smallest shrink (which left the 4x ones aliased).
+    scale = torch.tensor([1.0, 0.25] * (n // 2))
+    m = aug.crop_matrices(scale, torch.zeros(n), torch.zeros(n), torch.zeros(n))
+    assert aug.prepool_factors(m, (64, 64), (16, 16)) == [4, 2] * (n // 2)
+    out = aug.resample(x, m, 16)
+    for i in range(n):
+        torch.testing.assert_close(out[i : i + 1], aug.resample(x[i : i + 1], m[i : i + 1], 16), atol=1e-5, rtol=0)
+    torch.testing.assert_close(out[0::2], F.avg_pool2d(x[0::2], 4), atol=1e-3, rtol=0)
+
+
+def test_validation_resize_follows_the_training_rule() -> None:
+    # Presize 460 viewed at 128 px (the book's progressive stage): one-pixel stripes must average to grey in
+    # validation exactly as in training (identity augmentation), not alias into bands.
+    stripes = (torch.arange(460) % 2).float().expand(2, 3, 460, 460).contiguous()
+    val = aug.resize(stripes, 128)
+    train = aug.Augment.identity()(stripes, 128)
+    torch.testing.assert_close(val, train, atol=1e-5, rtol=0)
+    assert (val - 0.5).abs().max() < 0.2  # 3x3 averaging first; bilinear taps alone give 0 / 1 bands
+    assert (F.interpolate(stripes, size=128, mode="bilinear") - 0.5).abs().max() > 0.4  # what it replaced
+
+
 def test_homography_maps_the_corners() -> None:
     src = torch.tensor([[-1.0, -1.0], [-1.0, 1.0], [1.0, -1.0], [1.0, 1.0]]).expand(3, 4, 2)
     dst = src + 0.1 * torch.randn(3, 4, 2)

@@ -11,9 +11,11 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from imagenette_sota import seeds
 from imagenette_sota.callbacks import TTASettings, tta
 from imagenette_sota.callbacks.tta import combine
 from imagenette_sota.data import ImagenetteDataModule
+from imagenette_sota.data.dataset import CropViews, PresizedImages
 from imagenette_sota.models import XResNet
 
 QUIET = {"accelerator": "cpu", "devices": 1, "logger": False, "enable_progress_bar": False}
@@ -88,6 +90,26 @@ def test_augmented_passes_are_seeded_and_change_the_prediction(
     assert not torch.allclose(first, plain)
     torch.testing.assert_close(first.sum(1), torch.ones(100))
     assert bool((augmented(use_max=True) >= plain - 1e-6).all())  # plain: batched differently, float noise
+
+
+def test_augmented_views_redraw_the_presize_crop_per_sample_and_view(
+    trainer: L.Trainer, model: nn.Module, mini_dir: Path, raw: tuple[Tensor, Tensor]
+) -> None:
+    # fastai's tta() runs the dataset in training mode: each pass re-draws the presize crop along the long side.
+    # With an identity augmentation the view is exactly the training-mode crop drawn from (seed, sample, view).
+    dm = ImagenetteDataModule(root=mini_dir, presize=64, train_size=32, batch_size=16, num_workers=0, augment=None)
+    dm.setup("predict")
+    train_mode = PresizedImages(dm.val_set.items, presize=64, train=True)
+    crops = torch.stack([train_mode[(i, seeds.derive(7, seeds.TTA_CROP, i, 0))][0] for i in range(len(train_mode))])
+    assert (crops != raw[0]).flatten(1).any(1).float().mean() > 0.5  # most Imagenette photos are not square
+    expected = softmax_of(model, dm.train_transform(crops))
+    torch.testing.assert_close(
+        tta(trainer, model, dm, TTASettings(n=1, beta=0.0, seed=7))[0], expected, atol=1e-5, rtol=0
+    )
+    views = CropViews(dm.val_set, 3, seed=7)
+    x, _ = views[5]
+    assert torch.equal(x[0], raw[0][5]) and torch.equal(x[1], crops[5])  # the centre first, then view 0
+    assert not torch.equal(x[1], x[2]) and torch.equal(views[5][0], x)  # another view moves; the same repeats
 
 
 def test_flip_averages_the_mirrored_centre_view(

@@ -10,17 +10,22 @@ After a fit::
 ``GatherPredictions`` callback. The data module is the single source of the views: its ``predict_dataloader()``
 yields raw (presized uint8) ``(x, y)`` batches in dataset order, ``val_transform(x)`` makes the centre view and
 ``train_transform(x, generator)`` the training augmentation drawn from ``generator``, at the data module's
-``train_size`` (after ProgressiveResize: the last stage's). ImagenetteDataModule has all three; any data module
-with them works. Given to ``trainer.predict`` as ``datamodule``, its ``on_after_batch_transfer`` would turn every
-batch into the centre view first, so the predictor asks it for the loader itself.
+``train_size`` (after ProgressiveResize: the last stage's). Like fastai's ``tta``, which runs the dataset in training
+mode, every augmented view also starts from its own presize crop: ``tta_dataloader(n, seed)`` yields the centre crop
+and n crops whose positions along the long side are seeded per (seed, sample, view). ImagenetteDataModule has all
+four; any data module with the first three works (its views then share the centre crop). Given to
+``trainer.predict`` as ``datamodule``, its ``on_after_batch_transfer`` would turn every batch into the centre view
+first, so the predictor asks it for the loader itself.
 
 Under DDP Lightning splits predict loaders without padding (``UnrepeatedDistributedSampler``); the callback puts
 every rank's rows at their dataset indices, sums across ranks, checks that each sample was predicted exactly once
 and leaves the whole result, in dataset order, on every rank. With ``ddp_spawn`` the ranks are other processes:
 rank 0 also writes the result to a file that ``tta`` reads back. (Under ``ddp_spawn`` a data module's state set
 during ``fit`` - progressive sizes, batch statistics - stays in the worker processes: restore it from the
-checkpoint, or use ``strategy="ddp"``.) Augmented views draw from a host generator seeded from (``seed``, rank,
-batch): runs repeat, the views take nothing from the global RNG streams, and the device never waits on the host.
+checkpoint, or use ``strategy="ddp"``.) The batch augmentation of the views draws from a host generator seeded
+from (``seed``, rank, batch): runs repeat, the views take nothing from the global RNG streams, and the device never
+waits on the host; but a sample gets other draws on another number of ranks, so augmented TTA under DDP matches a
+single process in distribution, not bit for bit (plain, flip and five-crop predictions do match exactly).
 """
 
 from __future__ import annotations
@@ -52,7 +57,7 @@ class TTASettings:
     use_max: the elementwise max over the centre and the views instead of the weighted mean.
     mode: "augment" (n passes of the training augmentation), "flip" (the mirrored centre view) or
         "five_crop" (the four corners and the centre, each a ``crop`` fraction of the presized side).
-    seed: seeds the augmented passes (per rank and batch).
+    seed: seeds the augmented views: their presize crops per sample and view, their augmentation per rank and batch.
     """
 
     n: int = 4
@@ -101,16 +106,24 @@ class TTAPredictor(L.LightningModule):
         """Set up the data module in this process (each DDP rank is its own process)."""
         self.data.setup(stage)
 
+    @property
+    def redraws_crops(self) -> bool:
+        """Whether each augmented view starts from its own presize crop (the data module has ``tta_dataloader``)."""
+        settings = self.settings
+        return settings.mode == "augment" and settings.n > 0 and hasattr(self.data, "tta_dataloader")
+
     def predict_dataloader(self) -> Any:
         """The data module's raw predict batches; Lightning splits them across ranks without repeats."""
+        if self.redraws_crops:
+            return self.data.tta_dataloader(self.settings.n, self.settings.seed)
         return self.data.predict_dataloader()
 
     def views(self, x: Tensor, generator: torch.Generator | None = None) -> Iterator[Tensor]:
-        """The extra views of a raw batch, normalized like the centre view, one at a time."""
+        """The extra views of a raw batch (B, 3, P, P), or (B, 1 + n, 3, P, P) with a crop per view, normalized."""
         settings = self.settings
         if settings.mode == "augment":
-            for _ in range(settings.n):
-                yield self.data.train_transform(x, generator)
+            for view in range(settings.n):
+                yield self.data.train_transform(x[:, 1 + view] if x.ndim == 5 else x, generator)
         elif settings.mode == "flip":
             yield self.data.val_transform(x.flip(-1))
         else:
@@ -120,7 +133,7 @@ class TTAPredictor(L.LightningModule):
     def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
         """{"probs": TTA probabilities, "plain": centre-view probabilities, "targets": labels}."""
         x, y = batch
-        plain = self.model(self.data.val_transform(x)).softmax(1)
+        plain = self.model(self.data.val_transform(x[:, 0] if x.ndim == 5 else x)).softmax(1)
         settings = self.settings
         generator = seeds.generator(seeds.derive(settings.seed, seeds.AUGMENT, self.global_rank, batch_idx))
         views = [self.model(v).softmax(1) for v in self.views(x, generator)]

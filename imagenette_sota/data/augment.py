@@ -104,27 +104,48 @@ def sampling_grid(matrices: Tensor, size: tuple[int, int]) -> Tensor:
 def resample(x: Tensor, matrices: Tensor, size: int | tuple[int, int], padding_mode: str = "reflection") -> Tensor:
     """ONE bilinear grid_sample of the float batch ``x`` through per-sample ``matrices`` to ``size``.
 
-    When every sample shrinks by 2x or more, the batch is first area-averaged by the integer factor that
-    keeps the remaining shrink in [1, 2): bilinear sampling alone would alias. ``matrices`` may live on the
-    host (then nothing waits for the device) or on ``x``'s device.
+    A sample that shrinks by 2x or more is first area-averaged by the integer factor that keeps its remaining
+    shrink in [1, 2) (``prepool_factors``, the rule ``resize`` follows too): bilinear sampling alone would alias.
+    Samples are grouped by factor, so one big shrink in a batch never blurs or aliases the others. ``matrices``
+    may live on the host (then nothing waits for the device) or on ``x``'s device.
     """
     hw = _as_hw(size)
-    factor = prepool_factor(matrices, (x.shape[-2], x.shape[-1]), hw)
-    if factor > 1:
-        x = F.avg_pool2d(x, factor, ceil_mode=True)
+    factors = prepool_factors(matrices, (x.shape[-2], x.shape[-1]), hw)
     grid = sampling_grid(matrices.to(x.device, non_blocking=True), hw)
+    kinds = sorted(set(factors))
+    if len(kinds) == 1:  # the common case: one call for the whole batch
+        return _sample(x, grid, kinds[0], padding_mode)
+    out = x.new_empty((x.shape[0], x.shape[1], *hw))
+    for factor in kinds:
+        rows = torch.tensor([i for i, f in enumerate(factors) if f == factor]).to(x.device, non_blocking=True)
+        out[rows] = _sample(x[rows], grid[rows], factor, padding_mode)
+    return out
+
+
+def area_average(x: Tensor, factor: int) -> Tensor:
+    """``x`` averaged over ``factor`` x ``factor`` blocks; a remainder is spread so the image keeps its extent."""
+    if factor <= 1:
+        return x
+    # adaptive pooling equals avg_pool2d(x, factor) when the sides divide, and never adds a one-pixel edge column.
+    return F.adaptive_avg_pool2d(x, (max(x.shape[-2] // factor, 1), max(x.shape[-1] // factor, 1)))
+
+
+def _sample(x: Tensor, grid: Tensor, factor: int, padding_mode: str) -> Tensor:
+    x = area_average(x, factor)
+    # align_corners=False: -1 and 1 are the image's outer edges, so the identity map reproduces the input exactly
+    # and sizes compose (fastai passes True, which scales the map by (size - 1) / size: under 1% from 128 px).
     return F.grid_sample(x, grid, mode="bilinear", padding_mode=padding_mode, align_corners=False)
 
 
-def prepool_factor(matrices: Tensor, in_hw: tuple[int, int], out_hw: tuple[int, int]) -> int:
-    """The integer area-averaging factor that leaves every sample of the batch a bilinear shrink in [1, 2).
+def prepool_factors(matrices: Tensor, in_hw: tuple[int, int], out_hw: tuple[int, int]) -> list[int]:
+    """Per sample, the integer area-averaging factor that leaves a bilinear shrink in [1, 2) (1: none).
 
-    Reading it is a host sync when ``matrices`` live on an accelerator: ``Augment`` draws them on the host.
+    Reading them is a host sync when ``matrices`` live on an accelerator: ``Augment`` draws them on the host.
     """
     # Input pixels per output pixel along each axis, from the matrices' linear part (column norms).
     stretch = matrices[:, :2, :2].norm(dim=1)  # (n, 2): x and y
-    step = torch.minimum(stretch[:, 0] * in_hw[1] / out_hw[1], stretch[:, 1] * in_hw[0] / out_hw[0]).min().item()
-    return int(step) if step >= 2 else 1
+    step = torch.minimum(stretch[:, 0] * in_hw[1] / out_hw[1], stretch[:, 1] * in_hw[0] / out_hw[0])
+    return [max(int(s), 1) for s in step.tolist()]
 
 
 def lighting(x: Tensor, brightness: Tensor, contrast: Tensor, eps: float = 1e-6) -> Tensor:
@@ -135,12 +156,18 @@ def lighting(x: Tensor, brightness: Tensor, contrast: Tensor, eps: float = 1e-6)
 
 
 def resize(x: Tensor, size: int | tuple[int, int]) -> Tensor:
-    """Deterministic (validation) bilinear resize of a float batch, filtered like the training resample."""
+    """Deterministic (validation) bilinear resize of a float batch, filtered like the training resample.
+
+    The same rule as ``resample`` (it is ``resample`` through the identity map): area-average by the integer
+    factor of a 2x-or-more shrink, then bilinear without antialias. A presize of 460 viewed at 128 px is averaged
+    3x3 first, as its training crops are, instead of aliasing.
+    """
     hw = _as_hw(size)
     if tuple(x.shape[-2:]) == hw:
         return x
-    # No antialias: training images come from a plain bilinear resample, and validating on smoother images than
-    # the network trained on cost 2.8 points on the CPU proxy (74.8 % -> 77.5 %, benchmarks/cpu_proxy.py).
+    x = area_average(x, prepool_factors(_eye(1, torch.device("cpu")), (x.shape[-2], x.shape[-1]), hw)[0])
+    # No antialias beyond that: training images come from a plain bilinear resample, and validating on smoother
+    # images than the network trained on cost 2.8 points on the CPU proxy (74.8 % -> 77.5 %, benchmarks/cpu_proxy.py).
     return F.interpolate(x, size=hw, mode="bilinear", align_corners=False, antialias=False)
 
 
@@ -197,9 +224,9 @@ class Augment:
         degrees = gate(self.p_affine, draw(-self.max_rotate, self.max_rotate), 0.0)
         zoom = gate(self.p_affine, draw(1.0, self.max_zoom), 1.0)
         affine = affine_matrices(flip, degrees, zoom, draw(0, 1), draw(0, 1))
-        warp_on = _bernoulli(n, self.p_affine, device, generator)
-        mag_x = draw(-self.max_warp, self.max_warp) * warp_on
-        mag_y = draw(-self.max_warp, self.max_warp) * warp_on
+        # fastai's Warp gates its x and y displacements with separate draws, each with p_affine.
+        mag_x = gate(self.p_affine, draw(-self.max_warp, self.max_warp), 0.0)
+        mag_y = gate(self.p_affine, draw(-self.max_warp, self.max_warp), 0.0)
         return crop @ warp_matrices(mag_x, mag_y) @ affine
 
     def lighting_params(

@@ -23,7 +23,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from imagenette_sota import seeds
-from imagenette_sota.data.dataset import DECODE_ERRORS, decode_error, open_rgb
+from imagenette_sota.data.dataset import DECODE_ERRORS, decode_error, draw_seed, open_rgb
 
 log = logging.getLogger(__name__)
 
@@ -139,15 +139,22 @@ class CachedImages(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[Tensor, int]:
         """Image and label at index ``key`` or ``(index, seed)``; a train crop is drawn with ``seed`` if given."""
         i, seed = key if isinstance(key, tuple) else (key, None)
+        if self.train and seed is None:  # an index alone: the offset comes from the global RNG stream
+            seed = draw_seed()
+        crops, label = self.views(i, [seed if self.train else None])
+        return crops[0], label
+
+    def views(self, i: int, crop_seeds: Sequence[int | None]) -> tuple[Tensor, int]:
+        """Image ``i``, one square crop per seed (``None``: the centre): (uint8 (k, 3, P, P), label)."""
         if self._pixels is None:
             self._pixels = np.load(self.pixels_path, mmap_mode="r")
         row, p = self.rows[i], self.presize
         slack = self.extent[row] - p
-        if self.train:  # without a seed (an index alone) the offset comes from the global RNG stream
-            offset = int(torch.randint(slack + 1, (), generator=None if seed is None else seeds.generator(seed)))
-        else:
-            offset = slack // 2
-        crop = self._pixels[row, :, :, offset : offset + p]
-        if self.transposed[row]:
-            crop = crop.transpose(0, 2, 1)
-        return torch.from_numpy(np.ascontiguousarray(crop)), self.labels[i]
+        crops = []
+        for seed in crop_seeds:
+            offset = slack // 2 if seed is None else int(torch.randint(slack + 1, (), generator=seeds.generator(seed)))
+            crop = self._pixels[row, :, :, offset : offset + p]
+            crops.append(
+                torch.from_numpy(np.ascontiguousarray(crop.transpose(0, 2, 1) if self.transposed[row] else crop))
+            )
+        return torch.stack(crops), self.labels[i]

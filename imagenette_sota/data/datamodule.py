@@ -18,7 +18,14 @@ from imagenette_sota.data import augment as aug
 from imagenette_sota.data.cache import CachedImages
 from imagenette_sota.data.cache import build as build_cache
 from imagenette_sota.data.catalog import RELEASES, class_names, human_names, release
-from imagenette_sota.data.dataset import NOISY_LEVELS, PresizedImages, SeededSampler, collate_skipping, relabel
+from imagenette_sota.data.dataset import (
+    NOISY_LEVELS,
+    CropViews,
+    PresizedImages,
+    SeededSampler,
+    collate_skipping,
+    relabel,
+)
 from imagenette_sota.data.download import archive_stem, fetch
 from imagenette_sota.data.folders import Items, Layout, class_folders, find_layout
 from imagenette_sota.data.normalization import Mode, Normalization
@@ -190,7 +197,9 @@ class ImagenetteDataModule(L.LightningDataModule):
             return CachedImages(self._cached_pixels(split, items), items, train=train)
         return PresizedImages(items, self.presize, train=train, skip_bad_images=self.skip_bad_images)
 
-    def _loader(self, dataset: PresizedImages | CachedImages | None, batch_size: int, train: bool) -> DataLoader:
+    def _loader(
+        self, dataset: PresizedImages | CachedImages | CropViews | None, batch_size: int, train: bool
+    ) -> DataLoader:
         if dataset is None:
             raise RuntimeError("call setup() before asking for a dataloader")
         world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer is not None else (1, 0)
@@ -234,6 +243,12 @@ class ImagenetteDataModule(L.LightningDataModule):
         """The val split, for predictions and test-time augmentation."""
         return self.val_dataloader()
 
+    def tta_dataloader(self, n: int, seed: int = 0) -> DataLoader:
+        """The val split as uint8 (B, 1 + n, 3, P, P): the centre crop, then n crops at seeded positions (TTA)."""
+        if self.val_set is None:
+            raise RuntimeError("call setup() before asking for a dataloader")
+        return self._loader(CropViews(self.val_set, n, seed), self.val_batch_size or 2 * self.batch_size, train=False)
+
     # --- on the device -----------------------------------------------------------------------------------
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> tuple[Tensor, Tensor]:
         """The only place pixels change on the device: augment (training) or resize (otherwise), normalize."""
@@ -246,7 +261,7 @@ class ImagenetteDataModule(L.LightningDataModule):
         """This training batch's augmentation seed: (run seed, rank, optimizer step, batch within the step).
 
         A host generator: the per-sample parameters are a few numbers, and drawing them on the host leaves the
-        accelerator's queue without a host sync (augment.prepool_factor reads them).
+        accelerator's queue without a host sync (augment.prepool_factors reads them).
         """
         step = self.trainer.global_step
         self._draws = (step, self._draws[1] + 1 if self._draws[0] == step else 0)  # > 0 only when accumulating

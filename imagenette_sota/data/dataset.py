@@ -139,20 +139,55 @@ class PresizedImages(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[Tensor, int] | None:
         """Image and label at index ``key`` or ``(index, seed)``; a train crop is drawn with ``seed`` if given."""
         i, seed = key if isinstance(key, tuple) else (key, None)
+        if self.train and seed is None:  # an index alone: the position comes from the global RNG stream
+            seed = draw_seed()
+        got = self.views(i, [seed if self.train else None])
+        return None if got is None else (got[0][0], got[1])
+
+    def views(self, i: int, crop_seeds: Sequence[int | None]) -> tuple[Tensor, int] | None:
+        """Image ``i`` decoded once, one square crop per seed (``None``: the centre): (uint8 (k, 3, P, P), label).
+
+        ``None`` instead for an unreadable image when ``skip_bad_images`` is set.
+        """
         path, label = self.items[i]
-        if self.train:  # without a seed (an index alone) the position comes from the global RNG stream
-            position = tuple(torch.rand(2, generator=None if seed is None else seeds.generator(seed)).tolist())
-        else:
-            position = (0.5, 0.5)
         try:
-            img = presize(open_rgb(path, self.presize), self.presize, position)
+            img = open_rgb(path, self.presize)
         except DECODE_ERRORS as e:
             if not self.skip_bad_images:
                 raise decode_error(path, e) from e
             self.skipped += 1
             log.warning("skipping unreadable image %s (%s); %d skipped so far in this process", path, e, self.skipped)
             return None
-        return pil_to_tensor(img), label
+        crops = [pil_to_tensor(presize(img, self.presize, crop_position(seed))) for seed in crop_seeds]
+        return torch.stack(crops), label
+
+
+def draw_seed() -> int:
+    """A crop seed from the global RNG stream (for a training sample asked for by index alone)."""
+    return int(torch.randint(2**62, ()))
+
+
+def crop_position(seed: int | None) -> tuple[float, float]:
+    """Where a square crop sits along each axis, in [0, 1]: drawn from ``seed``, or the centre for ``None``."""
+    return (0.5, 0.5) if seed is None else tuple(torch.rand(2, generator=seeds.generator(seed)).tolist())
+
+
+class CropViews(Dataset):
+    """``dataset``'s images as (uint8 (1 + n, 3, P, P), label): the centre crop, then ``n`` crops whose positions
+    are drawn from (``seed``, index, view) - fastai's ``tta`` re-draws the presize crop in every augmented pass.
+
+    Seeded per sample and view, the crops do not depend on batching, workers or the DDP rank.
+    """
+
+    def __init__(self, dataset: PresizedImages | Dataset, n: int, seed: int) -> None:
+        self.dataset, self.n, self.seed = dataset, n, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int] | None:
+        crop_seeds = [None] + [seeds.derive(self.seed, seeds.TTA_CROP, i, view) for view in range(self.n)]
+        return self.dataset.views(i, crop_seeds)
 
 
 def collate_skipping(batch: list[tuple[Tensor, int] | None]) -> tuple[Tensor, Tensor]:
