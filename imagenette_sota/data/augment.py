@@ -58,7 +58,11 @@ def affine_matrices(flip: Tensor, degrees: Tensor, zoom: Tensor, u: Tensor, v: T
 
 
 def warp_matrices(mag_x: Tensor, mag_y: Tensor) -> Tensor:
-    """fastai's perspective Warp: the homography moving the corners by ``mag_x, mag_y`` (normalized units)."""
+    """fastai's perspective Warp: the homography taking the corners moved by ``mag_x, mag_y`` back to the corners.
+
+    As in fastai's ``_WarpCoord`` (``find_coeffs(orig, targ)`` solves for targ -> orig): an output pixel at a moved
+    corner samples the input's corner, so the image content moves with the corners.
+    """
     n, device = len(mag_x), mag_x.device
     src = torch.tensor([[-1.0, -1.0], [-1.0, 1.0], [1.0, -1.0], [1.0, 1.0]], device=device).expand(n, 4, 2)
     mx, my = mag_x[:, None], mag_y[:, None]
@@ -69,7 +73,7 @@ def warp_matrices(mag_x: Tensor, mag_y: Tensor) -> Tensor:
         ],
         -1,
     )  # (n, 4, 2)
-    return homography(src, dst)
+    return homography(dst, src)
 
 
 def homography(src: Tensor, dst: Tensor) -> Tensor:
