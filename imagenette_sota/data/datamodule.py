@@ -247,7 +247,7 @@ class ImagenetteDataModule(L.LightningDataModule):
         """The val split as uint8 (B, 1 + n, 3, P, P): the centre crop, then n crops at seeded positions (TTA)."""
         if self.val_set is None:
             raise RuntimeError("call setup() before asking for a dataloader")
-        return self._loader(CropViews(self.val_set, n, seed), self.val_batch_size or 2 * self.batch_size, train=False)
+        return self._loader(CropViews(self.val_set, n, seed), self.eval_batch_size, train=False)
 
     # --- on the device -----------------------------------------------------------------------------------
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> tuple[Tensor, Tensor]:
