@@ -179,3 +179,35 @@ def test_samples_predicted_twice_or_never_are_refused(trainer: L.Trainer, order:
 def test_bad_settings_name_themselves(settings: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         TTASettings(**settings)
+
+
+class Passes(nn.Module):
+    """Returns the logits table[call][i] for input i: one call per pass over a one-batch loader."""
+
+    def __init__(self, table: Tensor) -> None:
+        super().__init__()
+        self.table, self.calls = nn.Parameter(table, requires_grad=False), 0  # fastai reads the device from it
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.table[self.calls][x.long()]
+        self.calls += 1
+        return out
+
+
+@pytest.mark.parametrize(("beta", "use_max"), [(0.25, False), (0.6, False), (0.25, True)])
+def test_combine_equals_fastai_learner_tta(beta: float, use_max: bool) -> None:
+    from fastai.data.core import Datasets
+    from fastai.learner import Learner
+    from fastai.losses import CrossEntropyLossFlat
+
+    n, size, classes = 4, 6, 3
+    table = torch.randn(n + 1, size, classes, generator=torch.Generator().manual_seed(0))  # n augmented, then centre
+    dsets = Datasets(
+        list(range(size)), [[lambda i: torch.tensor(float(i))], [lambda i: i % classes]], splits=[list(range(size))] * 2
+    )
+    dls = dsets.dataloaders(bs=size, shuffle=False)
+    learn = Learner(dls, Passes(table), loss_func=CrossEntropyLossFlat())
+    theirs, _ = learn.tta(dl=dls.valid, n=n, beta=beta, use_max=use_max)  # fastai's order: the n passes, then centre
+    probs = table.softmax(-1)
+    ours = combine(probs[n], list(probs[:n]), beta, use_max)
+    torch.testing.assert_close(ours, theirs)
