@@ -23,5 +23,5 @@ def test_gpu_smoke_runs_every_section_without_errors(mini_archive: Path, tmp_pat
     figures = json.loads((out / "gpu.json").read_text())
     assert figures["errors"] == {} and figures["skipped"] == {}
     assert set(SECTIONS) - {"env"} <= set(figures) and figures["env"]["device"] == "cpu"
-    assert figures["throughput"]["32"]["model_only"]["ips"] > 0 and figures["fastai"]["fastai"] == "2.8.12"
+    assert figures["throughput"]["32"]["model_only"]["ips"] > 0 and figures["fastai"]["fastai"].startswith("2.8")
     assert [row["epoch"] for row in figures["time_to_90"]["history"]] == [0, 1]
