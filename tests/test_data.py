@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 from collections import Counter
 from collections.abc import Iterator
+from functools import partial
 
 import lightning as L
 import pytest
@@ -12,6 +13,9 @@ import torch
 
 from imagenette_sota.data import ImagenetteDataModule
 from imagenette_sota.data.catalog import RELEASES, class_names
+from imagenette_sota.data.normalization import IMAGENET_MEAN
+from imagenette_sota.models import XResNet
+from imagenette_sota.module import ImagenetteClassifier
 
 from .conftest import MINI_MD5
 from .test_download_faults import serve
@@ -144,3 +148,40 @@ def test_shuffle_and_crops_are_functions_of_seed_epoch_and_index(downloaded: Ima
     torch.manual_seed(123)
     assert torch.equal(downloaded.train_set[key][0], crop)  # the seed fixes the crop
     assert len({tuple(downloaded.train_set[(3, s)][0][0, 0, :8].tolist()) for s in range(20)}) > 1
+
+
+class Probe(L.Callback):
+    """What the sanity check validates with, and the first training batch as the network receives it."""
+
+    def on_sanity_check_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.sanity = (trainer.datamodule.normalization.fitted, trainer.datamodule.normalization.mean.clone())
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+        self.first = batch[0]
+        trainer.should_stop = True
+
+
+def test_batch_statistics_are_fitted_before_the_sanity_check(downloaded: ImagenetteDataModule) -> None:
+    # fastai's Normalize() fits on one training batch when the DataLoaders are built, before anything validates.
+    dm = ImagenetteDataModule(
+        root=downloaded.data_dir, presize=96, train_size=64, batch_size=16, num_workers=0, normalize="batch"
+    )
+    probe = Probe()
+    model = ImagenetteClassifier(backbone=partial(XResNet, layers=(1, 1, 1, 1), widen=0.25), num_classes=10)
+    trainer = L.Trainer(
+        max_epochs=1,
+        limit_train_batches=1,
+        limit_val_batches=1,
+        num_sanity_val_steps=1,
+        callbacks=[probe],
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+    )
+    trainer.fit(model, dm)
+    fitted, mean = probe.sanity
+    assert fitted and not torch.allclose(mean, torch.tensor(IMAGENET_MEAN))
+    # Fitted on the very batch training starts with: that batch comes out with mean 0 and std 1 per channel.
+    torch.testing.assert_close(probe.first.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-4, rtol=0)
+    torch.testing.assert_close(probe.first.std(dim=(0, 2, 3)), torch.ones(3), atol=1e-4, rtol=0)

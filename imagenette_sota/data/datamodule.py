@@ -10,8 +10,7 @@ from typing import Any, Literal
 import lightning as L
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-from torch import Tensor
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from imagenette_sota import seeds
 from imagenette_sota.data import augment as aug
@@ -30,6 +29,7 @@ from imagenette_sota.data.download import archive_stem, fetch
 from imagenette_sota.data.folders import Items, Layout, class_folders, find_layout
 from imagenette_sota.data.normalization import Mode, Normalization
 from imagenette_sota.data.split import How, Split
+from imagenette_sota.data.transforms import BatchTransforms
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def _check_sizes(**sizes: int | None) -> None:
             raise ValueError(f"{name}={value!r} must be {what}")
 
 
-class ImagenetteDataModule(L.LightningDataModule):
+class ImagenetteDataModule(BatchTransforms, L.LightningDataModule):
     """Imagenette / Imagewoof with CPU presizing and one-resample batch augmentation on the accelerator.
 
     ``train_size``, ``val_size`` and ``batch_size`` are public and may change between epochs (progressive
@@ -118,7 +118,6 @@ class ImagenetteDataModule(L.LightningDataModule):
         self.normalization = Normalization(normalize)  # validates ``normalize``; fit state is checkpointed
         self.train_set: PresizedImages | CachedImages | None = None
         self.val_set: PresizedImages | CachedImages | None = None
-        self._draws = (-1, 0)  # (optimizer step, training batches augmented at that step so far)
 
     # --- where the data is -------------------------------------------------------------------------------
     @property
@@ -179,6 +178,8 @@ class ImagenetteDataModule(L.LightningDataModule):
         self._build()
         if self.trainer is not None and self.trainer.world_size > 1:
             self.splitter.check_ranks_agree(self.trainer.strategy.broadcast, self.trainer.global_rank, self.data_dir)
+        if stage == "fit":
+            self.fit_normalization()  # "batch" statistics before the sanity check validates with them
 
     def _build(self) -> None:
         train_items, val_items = self.splitter(self.data_dir, self.layout or "split", self.classes)
@@ -197,9 +198,7 @@ class ImagenetteDataModule(L.LightningDataModule):
             return CachedImages(self._cached_pixels(split, items), items, train=train)
         return PresizedImages(items, self.presize, train=train, skip_bad_images=self.skip_bad_images)
 
-    def _loader(
-        self, dataset: PresizedImages | CachedImages | CropViews | None, batch_size: int, train: bool
-    ) -> DataLoader:
+    def _loader(self, dataset: Dataset | None, batch_size: int, train: bool) -> DataLoader:
         if dataset is None:
             raise RuntimeError("call setup() before asking for a dataloader")
         world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer is not None else (1, 0)
@@ -248,42 +247,6 @@ class ImagenetteDataModule(L.LightningDataModule):
         if self.val_set is None:
             raise RuntimeError("call setup() before asking for a dataloader")
         return self._loader(CropViews(self.val_set, n, seed), self.eval_batch_size, train=False)
-
-    # --- on the device -----------------------------------------------------------------------------------
-    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> tuple[Tensor, Tensor]:
-        """The only place pixels change on the device: augment (training) or resize (otherwise), normalize."""
-        x, y = batch
-        if self.trainer is not None and self.trainer.training:
-            return self.train_transform(x, self._batch_generator()), y
-        return self.val_transform(x), y
-
-    def _batch_generator(self) -> torch.Generator:
-        """This training batch's augmentation seed: (run seed, rank, optimizer step, batch within the step).
-
-        A host generator: the per-sample parameters are a few numbers, and drawing them on the host leaves the
-        accelerator's queue without a host sync (augment.prepool_factors reads them).
-        """
-        step = self.trainer.global_step
-        self._draws = (step, self._draws[1] + 1 if self._draws[0] == step else 0)  # > 0 only when accumulating
-        seed = seeds.derive(seeds.run_seed(), seeds.AUGMENT, self.trainer.global_rank, step, self._draws[1])
-        return seeds.generator(seed)
-
-    def train_transform(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """uint8 presized batch -> augmented, normalized float batch at ``train_size`` (random: ``generator``)."""
-        if self.augment:
-            out = self.augment(x, self.train_size, generator)
-        else:
-            out = aug.resize(aug.to_float(x), self.train_size)
-        if not self.normalization.fitted:  # "batch": the first training batch's statistics, equal on every rank
-            self.normalization.fit(out, self._mean_over_ranks if self.trainer is not None else None)
-        return self.normalization(out)
-
-    def val_transform(self, x: Tensor) -> Tensor:
-        """uint8 presized batch -> centre view at ``val_size``, normalized; no randomness."""
-        return self.normalization(aug.resize(aug.to_float(x), self.val_size or self.train_size))
-
-    def _mean_over_ranks(self, value: Tensor) -> Tensor:
-        return self.trainer.strategy.reduce(value, reduce_op="mean")
 
     # --- checkpoints -------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import logging
 import warnings
 from collections.abc import Iterator, Sequence
@@ -204,3 +205,9 @@ class SeededSampler(DistributedSampler):
     def __iter__(self) -> Iterator[tuple[int, int]]:
         epoch = self.epoch
         return ((i, seeds.derive(self.seed, seeds.CROP, epoch, i)) for i in super().__iter__())
+
+
+def first_batch(dataset: Dataset, batch_size: int, world: int, rank: int) -> Tensor:
+    """The uint8 images of the first training batch on ``rank`` in epoch 0: the samples and crops it will draw."""
+    sampler = SeededSampler(dataset, world, rank, shuffle=True, seed=seeds.run_seed())
+    return collate_skipping([dataset[key] for key in itertools.islice(sampler, batch_size)])[0]
