@@ -29,7 +29,7 @@ from imagenette_sota import models
 from imagenette_sota.callbacks import ProgressiveResize, Ramp, TTASettings, tta
 from imagenette_sota.data import ImagenetteDataModule
 from imagenette_sota.module import ImagenetteClassifier
-from imagenette_sota.schedule import adam
+from imagenette_sota.schedule import Cycle, adam
 
 TRAIN_IMAGES, VAL_IMAGES = 9469, 3925
 
@@ -120,7 +120,7 @@ def ours(data_dir, args: argparse.Namespace) -> tuple[dict, ImagenetteClassifier
         root=data_dir,
         presize=args.presize,
         train_size=args.size,
-        val_size=args.val_size,
+        val_size=args.val_size or args.size,  # with --ramp: validation at the final size
         batch_size=args.bs,
         val_batch_size=args.bs,
         num_workers=args.workers,
@@ -130,14 +130,14 @@ def ours(data_dir, args: argparse.Namespace) -> tuple[dict, ImagenetteClassifier
     model = ImagenetteClassifier(
         backbone=getattr(models, args.arch),
         num_classes=10,
-        lr=args.lr,
+        cycle=Cycle(args.lr),
         label_smoothing=args.label_smoothing,
         channels_last=not args.nchw,
     )
     clock = EpochClock()
     callbacks: list[L.Callback] = [clock]
     if args.ramp:
-        callbacks.append(ProgressiveResize(ramp=ramp(args), val_size=args.val_size or args.size))
+        callbacks.append(ProgressiveResize(ramp=ramp(args)))
     trainer = L.Trainer(
         accelerator="cpu",
         max_epochs=args.epochs,

@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from torch import Tensor
+from torch.utils.data import Dataset
 
 from benchmarks import fast_paths
 from benchmarks.common import MINI_MD5, REPO, report
@@ -150,16 +151,16 @@ class DeviceBatches:
     """Batches cut from a cached split held whole on the device: as ``CachedImages`` crops, without workers.
 
     Train: a new random order each pass and a random crop position along each image's long side; otherwise the
-    dataset order and the centred crop. Has ``batch_size``, ``drop_last`` and ``sampler`` like a DataLoader, for
-    code that counts steps (ProgressiveResize).
+    dataset order and the centred crop. Has ``dataset`` (the split it serves), ``batch_size`` and ``drop_last`` like
+    a DataLoader, for code that counts steps (``callbacks.progressive.epoch_steps``).
     """
 
     def __init__(
-        self, pixels: Tensor, labels: Tensor, slack: Tensor, transposed: Tensor, batch_size: int, train: bool
+        self, dataset: Dataset, pixels: Tensor, labels: Tensor, slack: Tensor, transposed: Tensor, batch_size: int
     ) -> None:
         self.pixels, self.labels, self.slack, self.transposed = pixels, labels, slack, transposed
-        self.batch_size, self.train, self.drop_last = batch_size, train, train
-        self.sampler = range(len(labels))
+        self.dataset, self.batch_size = dataset, batch_size
+        self.train = self.drop_last = dataset.train
 
     def __len__(self) -> int:
         n = len(self.labels)
@@ -204,10 +205,10 @@ def device_data_module(device: torch.device, **kwargs: Any) -> ImagenetteDataMod
             return self._on_device[name]
 
         def train_dataloader(self) -> DeviceBatches:  # type: ignore[override]
-            return DeviceBatches(*self._split("train"), self.batch_size, train=True)
+            return DeviceBatches(self.train_set, *self._split("train"), self.batch_size)
 
         def val_dataloader(self) -> DeviceBatches:  # type: ignore[override]
-            return DeviceBatches(*self._split("val"), self.eval_batch_size, train=False)
+            return DeviceBatches(self.val_set, *self._split("val"), self.eval_batch_size)
 
     return DeviceResident()
 
@@ -354,7 +355,7 @@ def end_to_end(
     }
     dm = device_data_module(device, **common) if loader == "device" else ImagenetteDataModule(cache=True, **common)
     model = ImagenetteClassifier(
-        backbone=getattr(models, args.arch), num_classes=10, lr=3e-3, label_smoothing=0.1, channels_last=not args.fp32
+        backbone=getattr(models, args.arch), num_classes=10, label_smoothing=0.1, channels_last=not args.fp32
     )
     if compile:
         model.model.compile()  # as ImagenetteClassifier(compile=True), after channels_last
@@ -430,6 +431,7 @@ def time_to_target(
     from imagenette_sota.data import ImagenetteDataModule
     from imagenette_sota.data.augment import Augment
     from imagenette_sota.module import ImagenetteClassifier
+    from imagenette_sota.schedule import Cycle
 
     out: dict[str, Any] = {
         "recipe": {
@@ -491,7 +493,7 @@ def time_to_target(
     model = ImagenetteClassifier(
         backbone=getattr(models, args.t90_arch),
         num_classes=10,
-        lr=args.t90_lr,
+        cycle=Cycle(args.t90_lr),
         label_smoothing=0.1,
         channels_last=not args.fp32,
     )
@@ -500,7 +502,7 @@ def time_to_target(
         device,
         args,
         max_epochs=args.t90_epochs,
-        callbacks=[ProgressiveResize(stages, val_size=args.t90_size), StopAtTarget()],
+        callbacks=[ProgressiveResize(stages), StopAtTarget()],
         **({"limit_train_batches": args.limit_batches, "limit_val_batches": args.limit_batches} if args.smoke else {}),
     )
     start = time.perf_counter()

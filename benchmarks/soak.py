@@ -26,11 +26,12 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from benchmarks.common import imagenette160, report
-from imagenette_sota.callbacks import Inspection, ProgressiveResize, Ramp, tta
+from imagenette_sota.callbacks import Inspection, OneCycles, ProgressiveResize, Ramp, TrainScalars, tta
 from imagenette_sota.checkpoint_io import AtomicCheckpointIO
 from imagenette_sota.data import ImagenetteDataModule
 from imagenette_sota.models import xresnet18
 from imagenette_sota.module import ImagenetteClassifier
+from imagenette_sota.schedule import Cycle
 
 PAGE_MIB = os.sysconf("SC_PAGE_SIZE") / 2**20
 
@@ -110,7 +111,9 @@ def main() -> None:
         num_workers=args.workers,
         cache=args.cache,
     )
-    model = ImagenetteClassifier(backbone=xresnet18, num_classes=10, lr=3e-3, label_smoothing=0.1, mixup_alpha=0.4)
+    model = ImagenetteClassifier(
+        backbone=xresnet18, num_classes=10, cycle=Cycle(3e-3), label_smoothing=0.1, mixup_alpha=0.4
+    )
     end = max(1, args.epochs * 3 // 4)
     ramp = Ramp(args.min_size, args.max_size, start_epoch=end // 3, end_epoch=end, multiple=16, batch_size=args.bs)
     watch = Watch()
@@ -122,6 +125,8 @@ def main() -> None:
             logger=TensorBoardLogger(tmp, name="soak"),
             callbacks=[
                 ProgressiveResize(ramp=ramp),
+                OneCycles(),  # the ramp's batch sizes change: the module's cycle timed to them
+                TrainScalars(),
                 Inspection(),
                 LearningRateMonitor("step"),
                 ModelCheckpoint(Path(tmp) / "ckpt", save_last=True),  # the newest epoch's and last.ckpt

@@ -42,7 +42,7 @@ def ours(data_dir, arch: str, size: int, args: argparse.Namespace) -> float:
     dm = ImagenetteDataModule(
         root=data_dir, presize=args.presize, train_size=size, batch_size=args.bs, num_workers=args.workers
     )
-    model = ImagenetteClassifier(backbone=getattr(models, arch), num_classes=10, lr=3e-3)
+    model = ImagenetteClassifier(backbone=getattr(models, arch), num_classes=10)  # the default cycle: lr 3e-3
     clock = _Clock(args.warmup)
     trainer = L.Trainer(
         accelerator="auto",

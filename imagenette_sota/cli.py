@@ -2,10 +2,11 @@
 
 ``fit``, ``validate``, ``test`` and ``predict`` are Lightning's; ``tta`` scores a checkpoint with test-time
 augmentation. Every run logs to TensorBoard (``lightning_logs/<trainer.logger.init_args.name>/version_N``) with a
-``LearningRateMonitor`` (lr and momentum per step) and ``Inspection`` (images, confusion matrix, top losses); both
-are configured under the top-level keys ``lr_monitor`` and ``inspection``. Checkpoints are written atomically
-(``trainer.plugins``: ``AtomicCheckpointIO``) and loaded with ``weights_only=True``; one of another architecture or
-number of classes is refused with the mismatching shapes.
+``LearningRateMonitor`` (lr and momentum per step), ``TrainScalars`` (image size, batch size, images/s) and
+``Inspection`` (images, confusion matrix, top losses), and times its one-cycles with ``OneCycles``; they are
+configured under the top-level keys ``lr_monitor``, ``train_scalars``, ``inspection`` and ``cycles``. Checkpoints
+are written atomically (``trainer.plugins``: ``AtomicCheckpointIO``) and loaded with ``weights_only=True``; one of
+another architecture or number of classes is refused with the mismatching shapes.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor
 
 from imagenette_sota import seeds
+from imagenette_sota.callbacks.cycles import OneCycles
 from imagenette_sota.callbacks.inspection import Inspection
+from imagenette_sota.callbacks.scalars import TrainScalars
 from imagenette_sota.callbacks.tta import TTASettings
 from imagenette_sota.callbacks.tta import tta as test_time_augmentation
 from imagenette_sota.checkpoint_io import check_ckpt_path
@@ -73,10 +76,12 @@ class ImagenetteCLI(LightningCLI):
         return {**LightningCLI.subcommands(), "tta": {"model", "datamodule"}}
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        """Link the class count into the model; add the monitoring callbacks and the default logger."""
+        """Link the class count into the model; add the monitoring and one-cycle callbacks and the default logger."""
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
+        parser.add_lightning_class_args(TrainScalars, "train_scalars")
         parser.add_lightning_class_args(Inspection, "inspection")
+        parser.add_lightning_class_args(OneCycles, "cycles")
         parser.set_defaults(
             {
                 "trainer.logger": {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import asdict, replace
 from functools import partial
 from typing import Any
 
@@ -14,9 +15,9 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from imagenette_sota import seeds
-from imagenette_sota.mixup import Mixed, cutmix, mixed_loss, mixup
+from imagenette_sota.mixup import cutmix, mixed_loss, mixup
 from imagenette_sota.models import xresnet50
-from imagenette_sota.schedule import Cycle, adam, one_cycle
+from imagenette_sota.schedule import WEIGHT_DECAY, Cycle, adam, one_cycle
 
 Batch = tuple[Tensor, Tensor]
 
@@ -69,11 +70,8 @@ class ImagenetteClassifier(L.LightningModule):
         self,
         backbone: Callable[[int], nn.Module] = xresnet50,
         num_classes: int = 10,
-        lr: float = 3e-3,
-        weight_decay: float = 0.01,
-        pct_start: float = 0.25,
-        div: float = 25.0,
-        div_final: float = 1e5,
+        cycle: Cycle = Cycle(3e-3),
+        weight_decay: float = WEIGHT_DECAY,
         label_smoothing: float = 0.0,
         mixup_alpha: float = 0.0,
         cutmix_alpha: float = 0.0,
@@ -83,10 +81,9 @@ class ImagenetteClassifier(L.LightningModule):
         """Args:
         backbone: builds the network from the number of classes (e.g. imagenette_sota.models.xresnet18).
         num_classes: outputs of the network (the CLI links it from the data module).
-        lr: peak learning rate of the one-cycle (fastai lr_max).
+        cycle: the one-cycle over the fit (fastai's fit_one_cycle: peak lr_max, warm-up pct_start, from lr_max / div
+            to lr_max / div_final); OneCycles starts later ones and times this one to its stages.
         weight_decay: decoupled weight decay on weights with ndim >= 2 (none on norms and biases).
-        pct_start: fraction of the steps spent warming up. div: the cycle starts at lr / div.
-        div_final: the cycle ends at lr / div_final.
         label_smoothing: epsilon of label smoothing (0: the book's baseline, 0.1: fastai's default).
         mixup_alpha: Beta(alpha, alpha) of mixup in training (0: off; fastai uses 0.4).
         cutmix_alpha: Beta(alpha, alpha) of cutmix in training (0: off; fastai uses 1.0). Not with mixup.
@@ -108,7 +105,11 @@ class ImagenetteClassifier(L.LightningModule):
         )
         if mixup_alpha > 0 and cutmix_alpha > 0:
             raise ValueError("choose mixup or cutmix, not both: set mixup_alpha or cutmix_alpha to 0")
-        # A function is not a hyperparameter one can store sensibly; the CLI's config.yaml records it.
+        self.cycle = Cycle(**cycle) if isinstance(cycle, Mapping) else cycle  # a dict: from a checkpoint's hparams
+        # A function is not a hyperparameter one can store sensibly; the CLI's config.yaml records it. The cycle is
+        # recorded as a dict (save_hyperparameters reads the arguments' current values): checkpoints load with
+        # weights_only=True, which unpickles no classes of ours.
+        cycle = asdict(self.cycle)
         self.save_hyperparameters(ignore=["backbone"])
         self.model = backbone(num_classes)
         if channels_last:
@@ -123,7 +124,6 @@ class ImagenetteClassifier(L.LightningModule):
         # A metric, not a logged mean: under DDP Lightning averages logged means with an integer sample count
         # (99 images on 2 ranks: divided by 2 x 49), while a metric sums losses and counts exactly.
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
-        self.last_mixed: Mixed | None = None  # the latest mixed training batch (x, y_a, y_b, lam), for inspection
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits (B, num_classes) of normalized images (B, 3, H, W)."""
@@ -131,19 +131,23 @@ class ImagenetteClassifier(L.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)
         return self.model(x)
 
-    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        """Cross entropy with label smoothing, on mixed images and targets when mixup or cutmix is on."""
+    def training_step(self, batch: Batch, batch_idx: int) -> dict[str, Any]:
+        """Cross entropy with label smoothing, on mixed images and targets when mixup or cutmix is on.
+
+        Returns ``{"loss": ...}``, with ``"mixed": (x, y_a, y_b, lam)`` when mixing (for callbacks such as Inspection).
+        """
         hp = self.hparams
         x, y = batch
         per_sample = partial(F.cross_entropy, reduction="none", label_smoothing=hp.label_smoothing)
+        out: dict[str, Any] = {}
         if hp.mixup_alpha > 0 or hp.cutmix_alpha > 0:
             mix, alpha = (mixup, hp.mixup_alpha) if hp.mixup_alpha > 0 else (cutmix, hp.cutmix_alpha)
-            x, y_a, y_b, lam = self.last_mixed = mix(x, y, alpha, generator=self._mix_generator(batch_idx, x.device))
-            loss = mixed_loss(per_sample, self(x), y_a, y_b, lam)
+            x, y_a, y_b, lam = out["mixed"] = mix(x, y, alpha, generator=self._mix_generator(batch_idx, x.device))
+            out["loss"] = mixed_loss(per_sample, self(x), y_a, y_b, lam)
         else:
-            loss = per_sample(self(x), y).mean()
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(y))
-        return loss
+            out["loss"] = per_sample(self(x), y).mean()
+        self.log("train/loss", out["loss"], on_step=True, on_epoch=True, prog_bar=True, batch_size=len(y))
+        return out
 
     def _mix_generator(self, batch_idx: int, device: torch.device) -> torch.Generator | None:
         """Seeded from (run seed, rank, epoch, batch index) in a fit; None (the global stream) outside one."""
@@ -191,13 +195,17 @@ class ImagenetteClassifier(L.LightningModule):
         return self(x).softmax(dim=1)
 
     @property
-    def cycle(self) -> Cycle:
-        """The one-cycle the hyperparameters describe (ProgressiveResize re-times it for its first stage)."""
-        hp = self.hparams
-        return Cycle(hp.lr, pct_start=hp.pct_start, div=hp.div, div_final=hp.div_final)
+    def lr(self) -> float:
+        """The cycle's peak learning rate; setting it (LRFinder does) changes the cycle and its hyperparameter."""
+        return self.cycle.lr_max
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        self.cycle = replace(self.cycle, lr_max=value)
+        self.hparams["cycle"] = asdict(self.cycle)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        """fastai's Adam and one one-cycle over the whole fit, stepped every batch."""
-        optimizer = adam(self.model, self.hparams.lr, self.hparams.weight_decay)
+        """fastai's Adam and one one-cycle over the whole fit, stepped every batch (OneCycles re-times it)."""
+        optimizer = adam(self.model, self.cycle.lr_max, self.hparams.weight_decay)
         scheduler = one_cycle(optimizer, self.cycle, self.trainer.estimated_stepping_batches)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -9,6 +9,7 @@ makes the two agree at every batch.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,7 @@ from torch.optim.lr_scheduler import OneCycleLR
 BETAS = (0.9, 0.99)
 EPS = 1e-5
 MOMS = (0.95, 0.85)  # beta1 at the start and end of the cycle, and at its peak
+WEIGHT_DECAY = 0.01  # fastai's default wd, decoupled (true_wd)
 FUSED_DEVICES = ("cpu", "cuda", "mps", "xpu")  # device types with torch's fused AdamW kernel
 
 
@@ -31,6 +33,13 @@ class Cycle:
     div: float = 25.0
     div_final: float = 1e5
 
+    def __post_init__(self) -> None:
+        if not self.lr_max > 0 or not 0 <= self.pct_start < 1 or not self.div > 0 or not self.div_final > 0:
+            raise ValueError(
+                f"Cycle needs lr_max > 0, 0 <= pct_start < 1, div > 0 and div_final > 0; got lr_max={self.lr_max}, "
+                f"pct_start={self.pct_start}, div={self.div}, div_final={self.div_final}"
+            )
+
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Split trainable parameters: weight decay on matrices and kernels (ndim >= 2), none on norms and biases."""
@@ -41,7 +50,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     ]
 
 
-def adam(model: nn.Module, lr: float, weight_decay: float = 0.01) -> torch.optim.AdamW:
+def adam(model: nn.Module, lr: float, weight_decay: float = WEIGHT_DECAY) -> torch.optim.AdamW:
     """fastai's Adam with true weight decay: AdamW(betas=(0.9, 0.99), eps=1e-5), fused kernel where supported."""
     groups = param_groups(model, weight_decay)
     # The fused kernel is ~7x faster than the per-tensor loop on a 2-core CPU; elsewhere torch picks foreach.
@@ -68,8 +77,46 @@ def one_cycle(optimizer: torch.optim.Optimizer, cycle: Cycle, total_steps: int) 
 
 
 def fine_tune(epochs: int, base_lr: float = 2e-3, freeze_epochs: int = 1) -> tuple[tuple[int, Cycle], ...]:
-    """fastai's fine_tune as (epochs, cycle) pairs; the freeze is a no-op for a network trained from scratch."""
+    """fastai's fine_tune as (epochs, cycle) pairs; the freeze is a no-op for a network trained from scratch.
+
+    fastai's freeze() and unfreeze() both call ``opt.clear_state()``: each of the two cycles starts with fresh Adam
+    moments and step counts (``OneCycles(fine_tune=...)`` does that).
+    """
     return (
         (freeze_epochs, Cycle(base_lr, pct_start=0.99)),
         (epochs, Cycle(base_lr / 2, pct_start=0.3, div=5.0)),
     )
+
+
+@dataclass(frozen=True)
+class FineTune:
+    """fastai's ``fine_tune(epochs, base_lr, freeze_epochs)`` called at epoch ``start_epoch`` of a fit."""
+
+    start_epoch: int
+    epochs: int
+    base_lr: float = 2e-3
+    freeze_epochs: int = 1
+
+    def cycles(self) -> dict[int, Cycle]:
+        """{epoch: the cycle starting there}: the frozen cycle at start_epoch, the unfrozen one after it."""
+        (freeze, frozen), (_, unfrozen) = fine_tune(self.epochs, self.base_lr, self.freeze_epochs)
+        return {self.start_epoch: frozen, self.start_epoch + freeze: unfrozen}
+
+    @property
+    def end_epoch(self) -> int:
+        """The epoch after the last one of fine_tune: the fit's max_epochs when it ends the fit."""
+        return self.start_epoch + self.freeze_epochs + self.epochs
+
+
+def steps_per_epoch(
+    samples: int, batch_size: int, drop_last: bool = True, limit_batches: int | float = 1.0, accumulate: int = 1
+) -> int:
+    """Optimizer steps of one epoch over ``samples`` (this process's share) at ``batch_size``, as Lightning counts.
+
+    Batches: whole batches with ``drop_last``, else the last partial one too; ``limit_batches`` (the Trainer's
+    ``limit_train_batches``) caps them at an int or keeps a fraction (rounded down); then one optimizer step per
+    ``accumulate`` batches, the last group possibly short.
+    """
+    batches = samples // batch_size if drop_last else math.ceil(samples / batch_size)
+    batches = min(batches, limit_batches) if isinstance(limit_batches, int) else int(batches * limit_batches)
+    return math.ceil(batches / accumulate)

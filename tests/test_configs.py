@@ -13,15 +13,13 @@ from imagenette_sota.cli import cli
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 BOOK = {"model.backbone": "imagenette_sota.models.xresnet50", "data.presize": 460, "data.batch_size": 64}
-NORMALIZED = {**BOOK, "data.normalize": "imagenet", "data.train_size": 224, "model.lr": 3e-3}
+NORMALIZED = {**BOOK, "data.normalize": "imagenet", "data.train_size": 224, "model.cycle.lr_max": 3e-3}
 LEADERBOARD = {
     "model.backbone.init_args.act": "torch.nn.Mish",
     "model.backbone.init_args.sa": True,
     "model.backbone.init_args.expansion": 4,
-    "model.lr": 8e-3,
+    "model.cycle": {"lr_max": 8e-3, "pct_start": 0.75, "div": 1.0, "div_final": 1e5},
     "model.label_smoothing": 0.1,
-    "model.pct_start": 0.75,
-    "model.div": 1.0,
     "data.dataset": "imagenette2-160",
     "data.presize": 160,
     "data.train_size": 128,
@@ -31,7 +29,13 @@ LEADERBOARD = {
 }
 # What each recipe must say (dotted keys of the parsed configuration).
 FACTS: dict[str, dict[str, Any]] = {
-    "baseline": {**BOOK, "data.normalize": "none", "data.train_size": 224, "trainer.max_epochs": 5, "model.lr": 3e-3},
+    "baseline": {
+        **BOOK,
+        "data.normalize": "none",
+        "data.train_size": 224,
+        "trainer.max_epochs": 5,
+        "model.cycle.lr_max": 3e-3,
+    },
     "normalize": {**NORMALIZED, "trainer.max_epochs": 5},
     "book_random_split": {
         **BOOK,
@@ -46,20 +50,13 @@ FACTS: dict[str, dict[str, Any]] = {
         **BOOK,
         "data.normalize": "imagenet",
         "trainer.max_epochs": 10,
-        "model.lr": 3e-3,  # fit_one_cycle(4, 3e-3) at 128 px, batch 128; then fine_tune(5, 1e-3) at 224 px, batch 64
+        # fit_one_cycle(4, 3e-3) at 128 px, batch 128; then fine_tune(5, 1e-3) at 224 px, batch 64
+        "model.cycle.lr_max": 3e-3,
         "trainer.callbacks.0.class_path": "imagenette_sota.callbacks.ProgressiveResize",
-        "trainer.callbacks.0.init_args.schedule.0": {"size": 128, "batch_size": 128, "cycle": None},
-        "trainer.callbacks.0.init_args.schedule.4": {
-            "size": 224,
-            "batch_size": 64,
-            "cycle": {"lr_max": 1e-3, "pct_start": 0.99, "div": 25.0, "div_final": 1e5},
-        },
-        "trainer.callbacks.0.init_args.schedule.5.cycle": {
-            "lr_max": 5e-4,
-            "pct_start": 0.3,
-            "div": 5.0,
-            "div_final": 1e5,
-        },
+        "trainer.callbacks.0.init_args.schedule.0": {"size": 128, "batch_size": 128},
+        "trainer.callbacks.0.init_args.schedule.4": {"size": 224, "batch_size": 64},
+        # fine_tune(5, 1e-3) from epoch 4: 1 epoch at pct_start 0.99, 5 at lr / 2, pct_start 0.3, div 5 (FineTune)
+        "cycles.fine_tune": {"start_epoch": 4, "epochs": 5, "base_lr": 1e-3, "freeze_epochs": 1},
     },
     "mixup": {**NORMALIZED, "model.mixup_alpha": 0.4, "trainer.max_epochs": 80},
     "label_smoothing": {**NORMALIZED, "model.label_smoothing": 0.1, "trainer.max_epochs": 5},

@@ -26,11 +26,12 @@ import torch.nn.functional as F
 import yaml
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from imagenette_sota.callbacks import ProgressiveResize, Stage, TTASettings, tta
+from imagenette_sota.callbacks import ProgressiveResize, Stage, TrainScalars, TTASettings, tta
 from imagenette_sota.checkpoint_io import AtomicCheckpointIO
 from imagenette_sota.data import ImagenetteDataModule
 from imagenette_sota.models import XResNet
 from imagenette_sota.module import ImagenetteClassifier
+from imagenette_sota.schedule import Cycle
 
 REPO = Path(__file__).resolve().parents[1]
 QUIET = {"accelerator": "cpu", "logger": False, "enable_progress_bar": False, "enable_model_summary": False}
@@ -123,7 +124,7 @@ class ListedIO(AtomicCheckpointIO):
 
 def test_ddp_fit_validation_accuracy_is_exact(odd_dir: Path, tmp_path: Path) -> None:
     torch.manual_seed(0)
-    model = ImagenetteClassifier(backbone=tiny_xresnet, num_classes=10, lr=1e-2)
+    model = ImagenetteClassifier(backbone=tiny_xresnet, num_classes=10, cycle=Cycle(1e-2))
     dm = imagenette(odd_dir)
     checkpoints, listing = tmp_path / "ckpt", tmp_path / "saves.txt"
     trainer = L.Trainer(
@@ -131,6 +132,7 @@ def test_ddp_fit_validation_accuracy_is_exact(odd_dir: Path, tmp_path: Path) -> 
         num_sanity_val_steps=0,
         callbacks=[
             ProgressiveResize({0: Stage(32, 16)}),
+            TrainScalars(),
             FinalLR(),
             Count(),
             ModelCheckpoint(checkpoints, filename="{epoch}", save_last=True),

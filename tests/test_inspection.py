@@ -14,7 +14,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
-from imagenette_sota.callbacks import ProgressiveResize, Stage
+from imagenette_sota.callbacks import ProgressiveResize, Stage, TrainScalars
 from imagenette_sota.callbacks.inspection import BLUE, LINE, TILE, Inspection, confusion_image
 from imagenette_sota.data import ImagenetteDataModule
 from imagenette_sota.models import XResNet
@@ -46,6 +46,7 @@ def events(mini_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Ev
         enable_model_summary=False,
         callbacks=[
             ProgressiveResize({0: Stage(32), 1: Stage(48)}),
+            TrainScalars(),
             LearningRateMonitor(logging_interval="step", log_momentum=True),
             Inspection(max_images=4, top_losses=5),
         ],
@@ -66,7 +67,8 @@ def test_scalars_per_step_and_per_epoch(events: tuple[EventAccumulator, L.Traine
     for tag in ("train/images_per_sec", "train/loss_epoch", "val/loss", "val/acc", "val/acc_top5"):
         assert len(accumulator.Scalars(tag)) == EPOCHS, tag
     assert all(e.value > 0 for e in accumulator.Scalars("train/images_per_sec"))
-    assert [e.value for e in accumulator.Scalars("train/image_size")] == [32.0, 48.0]  # ProgressiveResize's, once
+    assert [e.value for e in accumulator.Scalars("train/image_size")] == [32.0, 48.0]  # once an epoch
+    assert [e.value for e in accumulator.Scalars("train/batch_size")] == [8.0, 8.0]
 
 
 def test_hparams_carry_the_final_accuracy(events: tuple[EventAccumulator, L.Trainer]) -> None:

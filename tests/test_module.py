@@ -17,6 +17,7 @@ from imagenette_sota.callbacks.lr_finder import suggest, valley
 from imagenette_sota.mixup import mixed_loss, mixup
 from imagenette_sota.models import XResNet, xresnet18
 from imagenette_sota.module import ImagenetteClassifier
+from imagenette_sota.schedule import Cycle
 
 SIZE = 32  # px: the smallest side xresnet's five stride-2 stages reduce to 1x1
 MEAN, STD = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
@@ -112,10 +113,13 @@ def test_training_step_mixes_only_in_training(train_set: TensorDataset) -> None:
     x, y = train_set[:16]
     torch.manual_seed(3)
     with pytest.warns(UserWarning, match="self.log"), torch.no_grad():
-        loss = model.training_step((x, y), 0)
+        out = model.training_step((x, y), 0)
+    loss = out["loss"]
     torch.manual_seed(3)
     with torch.no_grad():
         x_mix, y_a, y_b, lam = mixup(x, y, 0.4)
+        for returned, drawn in zip(out["mixed"], (x_mix, y_a, y_b, lam), strict=True):  # for Inspection
+            torch.testing.assert_close(returned, drawn)
         per_sample = partial(F.cross_entropy, reduction="none", label_smoothing=0.1)
         torch.testing.assert_close(loss, mixed_loss(per_sample, model(x_mix), y_a, y_b, lam))
         assert not torch.allclose(loss, F.cross_entropy(model(x), y, label_smoothing=0.1))
@@ -177,7 +181,7 @@ def test_lr_finder_applies_the_valley_suggestion(
 ) -> None:
     torch.manual_seed(0)
     finder = LRFinder(min_lr=1e-5, max_lr=1.0, num_training_steps=20, early_stop_threshold=None)
-    model = ImagenetteClassifier(tiny_xresnet, num_classes=10, lr=123.0)
+    model = ImagenetteClassifier(tiny_xresnet, num_classes=10, cycle=Cycle(123.0))
     trainer = L.Trainer(
         max_epochs=1,
         limit_train_batches=20,
@@ -192,7 +196,7 @@ def test_lr_finder_applies_the_valley_suggestion(
     assert results["lr"][0] == pytest.approx(1e-5) and results["lr"][-1] == pytest.approx(1.0)
     assert finder.suggestion == suggest(results["lr"], results["loss"], skip_begin=2)
     assert 1e-5 < finder.suggestion < 1.0
-    assert model.hparams.lr == finder.suggestion
+    assert model.cycle.lr_max == model.hparams.cycle["lr_max"] == finder.suggestion
     # The optimizer and one-cycle were rebuilt around the suggestion: the fit ended at suggestion / 1e5.
     assert trainer.optimizers[0].param_groups[0]["max_lr"] == pytest.approx(finder.suggestion)
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(finder.suggestion / 1e5)

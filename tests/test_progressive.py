@@ -1,4 +1,4 @@
-"""ProgressiveResize: its schedule, what a real fit sees epoch by epoch, and resuming mid-schedule."""
+"""ProgressiveResize and OneCycles: their schedules, what a real fit sees epoch by epoch, and resuming mid-schedule."""
 
 from __future__ import annotations
 
@@ -15,20 +15,18 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from imagenette_sota.callbacks import ProgressiveResize, Ramp, Stage
+from imagenette_sota.callbacks import OneCycles, ProgressiveResize, Ramp, Stage, TrainScalars
 from imagenette_sota.data import ImagenetteDataModule
 from imagenette_sota.models import XResNet
 from imagenette_sota.module import ImagenetteClassifier
-from imagenette_sota.schedule import Cycle, adam, fine_tune, one_cycle
+from imagenette_sota.schedule import Cycle, FineTune, adam, one_cycle
 
 QUIET = {"accelerator": "cpu", "logger": False, "enable_progress_bar": False, "enable_model_summary": False}
 SEED = 3
 # 200 training images: batch 50 -> 4 steps, batch 100 -> 2, batch 40 -> 5 (the last partial batch is dropped).
-SCHEDULE = {
-    0: Stage(32, 50),
-    1: Stage(48, 100),  # no cycle: epochs 0-1 are one cycle of 4 + 2 = 6 steps, the module's (lr 1e-2)
-    2: Stage(batch_size=40, cycle=Cycle(5e-3, pct_start=0.5, div=5.0)),  # a new cycle of 5 steps
-}
+SCHEDULE = {0: Stage(32, 50), 1: Stage(48, 100), 2: Stage(batch_size=40)}
+# Epochs 0-1 are one cycle of 4 + 2 = 6 steps, the module's (lr 1e-2); epoch 2 starts a new cycle of 5 steps.
+CYCLES = {2: Cycle(5e-3, pct_start=0.5, div=5.0)}
 tiny_xresnet = partial(XResNet, layers=(1, 1, 1, 1), widen=0.5)
 
 
@@ -78,7 +76,7 @@ def imagenette(mini_dir: Path) -> ImagenetteDataModule:
 
 def classifier() -> ImagenetteClassifier:
     torch.manual_seed(SEED)
-    return ImagenetteClassifier(backbone=tiny_xresnet, num_classes=10, lr=1e-2)
+    return ImagenetteClassifier(backbone=tiny_xresnet, num_classes=10, cycle=Cycle(1e-2))
 
 
 def fit(mini_dir: Path, ckpt_dir: Path, first_epoch: int = 0) -> tuple[Probe, ImagenetteClassifier, L.Trainer]:
@@ -88,7 +86,7 @@ def fit(mini_dir: Path, ckpt_dir: Path, first_epoch: int = 0) -> tuple[Probe, Im
     """
     L.seed_everything(SEED, verbose=False)
     model, probe = classifier(), Probe()
-    callbacks = [ProgressiveResize(SCHEDULE), probe]
+    callbacks = [ProgressiveResize(SCHEDULE), OneCycles(CYCLES), TrainScalars(), probe]
     if first_epoch == 0:
         callbacks.append(ModelCheckpoint(ckpt_dir, filename="{epoch}", save_top_k=-1))
     trainer = L.Trainer(
@@ -108,15 +106,17 @@ def uninterrupted(mini_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> t
     return probe, model, ckpt_dir
 
 
-def test_stage_at_resolves_the_books_recipe() -> None:
-    (freeze, frozen), (epochs, unfrozen) = fine_tune(5, 1e-3)
-    resize = ProgressiveResize({0: Stage(128, 128), 4: Stage(224, 64, frozen), 4 + freeze: Stage(cycle=unfrozen)})
-    stages = [resize.stage_at(e) for e in range(4 + freeze + epochs)]
-    assert [(s.size, s.batch_size) for s in stages] == [(128, 128)] * 4 + [(224, 64)] * 6
-    assert [e for e, s in enumerate(stages) if s.cycle] == [4, 5]
-    assert stages[4].cycle == Cycle(1e-3, pct_start=0.99) and stages[5].cycle == Cycle(5e-4, pct_start=0.3, div=5.0)
+def test_stage_at_and_cycles_resolve_the_books_recipe() -> None:
+    resize = ProgressiveResize({0: Stage(128, 128), 4: Stage(224, 64)})
+    tune = FineTune(start_epoch=4, epochs=5, base_lr=1e-3)
+    cycles = OneCycles(fine_tune=tune)
+    stages = [resize.stage_at(e) for e in range(tune.end_epoch)]
+    assert [(s.size, s.batch_size) for s in stages] == [(128, 128)] * 4 + [(224, 64)] * 6 and tune.end_epoch == 10
+    assert cycles.schedule == {4: Cycle(1e-3, pct_start=0.99), 5: Cycle(5e-4, pct_start=0.3, div=5.0)}
+    assert cycles.clears == {4, 5}  # fastai's freeze() and unfreeze() clear the optimizer state
     assert resize.stage_at(1000) == Stage(224, 64)  # the last stage holds to the end
     assert ProgressiveResize({0: Stage(96), 3: Stage(batch_size=32)}).stage_at(2) == Stage(96, None)
+    assert OneCycles({0: Cycle(1e-2), 3: Cycle(1e-3)}, clear_state=True).clears == {3}
 
 
 def test_schedule_errors_name_the_bad_value() -> None:
@@ -126,12 +126,16 @@ def test_schedule_errors_name_the_bad_value() -> None:
         ProgressiveResize({0: Stage(128), -1: Stage(64)})
     with pytest.raises(ValueError, match="batch_size=0 must be a positive integer"):
         Stage(128, 0)
-    with pytest.raises(ValueError, match="must set a size, a batch_size or a cycle"):
+    with pytest.raises(ValueError, match="must set a size or a batch_size"):
         Stage()
     with pytest.raises(ValueError, match="a schedule or a ramp"):
         ProgressiveResize({0: Stage(128)}, ramp=Ramp(128, 224, 0, 4))
-    with pytest.raises(ValueError, match="val_size=0"):
-        ProgressiveResize({0: Stage(128)}, val_size=0)
+    with pytest.raises(ValueError, match=r"epochs must be integers >= 0, got \[-2\]"):
+        OneCycles({-2: Cycle(1e-3)})
+    with pytest.raises(ValueError, match=r"both start a cycle at epoch\(s\) \[4\]"):
+        OneCycles({4: Cycle(1e-3)}, fine_tune=FineTune(4, 5))
+    with pytest.raises(ValueError, match="pct_start=1.5"):
+        Cycle(1e-3, pct_start=1.5)
     with pytest.raises(ValueError, match="start_epoch=5, end_epoch=5"):
         Ramp(128, 224, 5, 5)
 
@@ -142,7 +146,7 @@ def test_ramp_rounds_sizes_and_keeps_memory_constant() -> None:
     assert ffcv.stage_at(0).batch_size == 256 * 192**2 // 160**2 == 368 and ffcv.stage_at(13).batch_size == 256
     ramp = Ramp(128, 256, start_epoch=0, end_epoch=4)
     assert [ramp.size_at(e) for e in range(5)] == [128, 160, 192, 224, 256]
-    assert all(s.batch_size is None and s.cycle is None for s in ramp.stages().values())
+    assert all(s.batch_size is None for s in ramp.stages().values())
     assert Ramp(100, 200, 0, 10).size_at(1) == 100  # 110 rounds to 96, clamped to min_size
 
 
@@ -153,7 +157,7 @@ def test_sizes_batch_sizes_and_lrs_inside_a_fit(uninterrupted: tuple[Probe, nn.M
     assert probe.val == [(0, (100, 3, 32, 32)), (1, (100, 3, 48, 48)), (2, (80, 3, 48, 48)), (2, (20, 3, 48, 48))]
     assert probe.logged == {0: (32.0, 50.0), 1: (48.0, 100.0), 2: (48.0, 40.0)}
     lrs = [lr for _, lr in probe.lrs]
-    first, second = classifier().cycle, SCHEDULE[2].cycle
+    first, second = classifier().cycle, CYCLES[2]
     # The module's whole-fit estimate (4 steps x 3 epochs) is replaced at epoch 0 by the stage's 6 steps.
     expected = [fastai_lr(first, i, 6) for i in range(6)] + [fastai_lr(second, i, 5) for i in range(5)]
     assert lrs == pytest.approx(expected, rel=1e-6)
@@ -176,7 +180,7 @@ class Shapes(L.LightningDataModule):
 
     def __init__(self) -> None:
         super().__init__()
-        self.train_size, self.val_size, self.batch_size = 8, None, 2
+        self.train_size, self.val_size, self.batch_size = 8, 12, 2
         g = torch.Generator().manual_seed(0)
         self.data = TensorDataset(torch.rand(32, 3, 24, 24, generator=g), torch.randint(0, 2, (32,), generator=g))
 
@@ -193,7 +197,7 @@ class Shapes(L.LightningDataModule):
 
 
 class Net(L.LightningModule):
-    """Not ImagenetteClassifier: no ``cycle`` attribute; a one-cycle (or any scheduler) of its own."""
+    """Not ImagenetteClassifier: no ``cycle`` attribute; a one-cycle (ours or torch's, or another scheduler)."""
 
     def __init__(self, scheduler: str = "one_cycle") -> None:
         super().__init__()
@@ -210,6 +214,8 @@ class Net(L.LightningModule):
         opt = adam(self.net, 1.0)
         if self.scheduler == "one_cycle":
             sched = one_cycle(opt, Cycle(1.0), self.trainer.estimated_stepping_batches)
+        elif self.scheduler == "torch_one_cycle":
+            sched = torch.optim.lr_scheduler.OneCycleLR(opt, 1.0, total_steps=self.trainer.estimated_stepping_batches)
         else:
             sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
@@ -220,7 +226,7 @@ def test_reuse_with_another_module_and_data_module(tmp_path: Path) -> None:
 
     def run(ckpt: Path | None = None) -> Probe:
         probe = Probe()
-        callbacks = [ProgressiveResize({0: Stage(8, 8, cycle), 1: Stage(16, 4)}, val_size=12), probe]
+        callbacks = [ProgressiveResize({0: Stage(8, 8), 1: Stage(16, 4)}), OneCycles({0: cycle}), TrainScalars(), probe]
         callbacks.append(ModelCheckpoint(tmp_path, filename="{epoch}", save_top_k=-1))
         L.Trainer(max_epochs=2, callbacks=callbacks, **QUIET).fit(Net(), datamodule=Shapes(), ckpt_path=ckpt)
         return probe
@@ -230,13 +236,60 @@ def test_reuse_with_another_module_and_data_module(tmp_path: Path) -> None:
     assert {shape[-1] for _, shape in probe.val} == {12}
     assert [lr for _, lr in probe.lrs] == pytest.approx([fastai_lr(cycle, i, 12) for i in range(12)], rel=1e-6)
     assert probe.logged == {0: (8.0, 8.0), 1: (16.0, 4.0)}
-    # This data module keeps no state: the callback's own state brings epoch 1's batch size back on resume.
+    # This data module keeps no state: the callback sizes the epoch a resumed fit starts with (on_train_start).
     resumed = run(tmp_path / "epoch=0.ckpt")
     assert resumed.train == probe.train[4:] and resumed.lrs == probe.lrs[4:]
 
 
 def test_a_scheduler_that_cannot_be_resumed_is_refused() -> None:
-    resize = ProgressiveResize({0: Stage(8, cycle=Cycle(0.1))})
-    trainer = L.Trainer(max_epochs=1, enable_checkpointing=False, callbacks=[resize], **QUIET)
+    trainer = L.Trainer(max_epochs=1, enable_checkpointing=False, callbacks=[OneCycles({0: Cycle(0.1)})], **QUIET)
     with pytest.raises(TypeError, match="replaces the module's LambdaLR with a OneCycleLR"):
         trainer.fit(Net(scheduler="constant"), datamodule=Shapes())
+
+
+def test_a_one_cycle_sized_for_constant_batches_is_refused_before_it_runs_out() -> None:
+    """torch's OneCycleLR over ``estimated_stepping_batches`` (1 step x 2 epochs) cannot take epoch 1's 4 steps."""
+    resize = ProgressiveResize({0: Stage(32, 32), 1: Stage(48, 8)})
+    probe = Probe()
+    trainer = L.Trainer(max_epochs=2, enable_checkpointing=False, callbacks=[resize, TrainScalars(), probe], **QUIET)
+    message = r"epoch 1 takes 4 optimizer steps at batch size 8, but the OneCycleLR has 1 of its 2 left.*OneCycles"
+    with pytest.raises(RuntimeError, match=message):
+        trainer.fit(Net(scheduler="torch_one_cycle"), datamodule=Shapes())
+    assert probe.train == [(0, (32, 3, 32, 32))]  # refused before epoch 1's first step, not at step 3
+    assert resize.total_steps(trainer) == 1 + 4
+
+
+def test_fine_tune_clears_the_optimizer_state_and_resumes_exactly(tmp_path: Path) -> None:
+    """fastai's fine_tune: Adam's step counts (and moments) restart at each of its two cycles; resume replays that."""
+
+    class Steps(Callback):
+        def __init__(self) -> None:
+            self.steps: list[tuple[int, int]] = []  # (epoch, Adam's step count of the first weight before the step)
+
+        def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, i: int) -> None:
+            state = trainer.optimizers[0].state.get(next(pl_module.parameters()), {})
+            self.steps.append((trainer.current_epoch, int(state.get("step", 0))))
+
+    class InOrder(Shapes):  # no shuffle: a resumed run must see the same batches without a seeded sampler
+        def train_dataloader(self) -> DataLoader:
+            return DataLoader(self.data, batch_size=self.batch_size, drop_last=True)
+
+    def run(ckpt: Path | None = None) -> tuple[Steps, Probe, Net]:
+        torch.manual_seed(0)
+        steps, probe, net = Steps(), Probe(), Net()
+        cycles = OneCycles({0: Cycle(0.1)}, fine_tune=FineTune(start_epoch=1, epochs=1, base_lr=0.1))
+        checkpoints = ModelCheckpoint(tmp_path, filename="{epoch}", save_top_k=-1)
+        trainer = L.Trainer(max_epochs=3, callbacks=[cycles, TrainScalars(), steps, probe, checkpoints], **QUIET)
+        trainer.fit(net, datamodule=InOrder(), ckpt_path=ckpt)
+        return steps, probe, net
+
+    steps, probe, net = run()
+    assert steps.steps == [(e, i) for e in range(3) for i in range(16)]  # 32 images, batch 2: 16 steps an epoch
+    tuned = FineTune(1, 1, 0.1).cycles()
+    expected = [fastai_lr(Cycle(0.1), i, 16) for i in range(16)]
+    expected += [fastai_lr(tuned[1], i, 16) for i in range(16)] + [fastai_lr(tuned[2], i, 16) for i in range(16)]
+    assert [lr for _, lr in probe.lrs] == pytest.approx(expected, rel=1e-6)
+    resumed_steps, resumed_probe, resumed = run(tmp_path / "epoch=1.ckpt")
+    assert resumed_steps.steps == steps.steps[32:] and resumed_probe.lrs == probe.lrs[32:]
+    for (name, a), b in zip(net.state_dict().items(), resumed.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, msg=name)

@@ -70,7 +70,7 @@ def config(mini_dir: Path, run: Path, kill: bool) -> Path:
             "init_args": {
                 "schedule": {
                     0: {"size": 32, "batch_size": 32},
-                    KILL_EPOCH: {"size": 40, "batch_size": 24, "cycle": {"lr_max": 5e-3, "pct_start": 0.3}},
+                    KILL_EPOCH: {"size": 40, "batch_size": 24},
                 }
             },
         },
@@ -99,9 +99,10 @@ def config(mini_dir: Path, run: Path, kill: bool) -> Path:
         },
         "model": {
             "backbone": {"class_path": "imagenette_sota.models.XResNet", "init_args": TINY},
-            "lr": 1e-2,
+            "cycle": {"lr_max": 1e-2},
             "mixup_alpha": 0.4,
         },
+        "cycles": {"schedule": {KILL_EPOCH: {"lr_max": 5e-3, "pct_start": 0.3}}},
         "data": {"root": str(mini_dir), "presize": 48, "num_workers": 0},
     }
     run.mkdir(parents=True, exist_ok=True)
@@ -147,7 +148,7 @@ def test_a_run_killed_mid_epoch_resumes_exactly(mini_dir: Path, tmp_path: Path) 
     assert rc == 0, out
     expected, resumed = (json.loads((run / "record.json").read_text()) for run in (whole, broken))
     assert expected["epochs"] == list(range(EPOCHS)) and resumed["epochs"] == list(range(KILL_EPOCH, EPOCHS))
-    assert resumed["sizes"] == expected["sizes"] == [40, 40, 24]
+    assert resumed["sizes"] == expected["sizes"] == [40, None, 24]  # validation follows the train size
     assert resumed["lr"] == expected["lr"] == pytest.approx(5e-3 / 1e5)  # the second cycle ran to its end
     assert resumed["metrics"] == expected["metrics"] and "val/acc" in expected["metrics"]
     final, reference = weights(broken), weights(whole)

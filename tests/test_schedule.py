@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from imagenette_sota.schedule import Cycle, adam, fine_tune, one_cycle, param_groups
+from imagenette_sota.schedule import Cycle, FineTune, adam, fine_tune, one_cycle, param_groups, steps_per_epoch
 
 LR = 1e-2
 
@@ -125,3 +125,48 @@ def test_adam_is_fastai_adam_with_true_weight_decay() -> None:
         m, v = 0.1 * g / (1 - 0.9), 0.01 * g * g / (1 - 0.99)
         expect = p0 * (1 - LR * wd) - LR * m / (v.sqrt() + 1e-5)
         torch.testing.assert_close(p.detach(), expect)
+
+
+@pytest.mark.parametrize(
+    ("args", "steps"),
+    [
+        ((200, 50), 4),  # whole batches
+        ((199, 50), 3),  # the last partial batch is dropped
+        ((199, 50, False), 4),  # ... or kept
+        ((1000, 10, True, 7), 7),  # limit_train_batches as a count
+        ((1000, 10, True, 0.25), 25),  # ... or a fraction, rounded down
+        ((1000, 10, True, 0.25, 4), 7),  # 25 batches, a step every 4: the last step takes 1 batch
+    ],
+)
+def test_steps_per_epoch_counts_like_lightning(args: tuple, steps: int) -> None:
+    assert steps_per_epoch(*args) == steps
+
+
+def test_steps_per_epoch_equals_lightnings_estimate() -> None:
+    """Lightning's own count of a real fit's optimizer steps, for a fraction and accumulation."""
+    import lightning as L
+    from torch.utils.data import DataLoader, TensorDataset
+
+    class Net(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = nn.Linear(2, 1)
+
+        def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
+            return self.layer(batch[0]).mean()
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    loader = DataLoader(TensorDataset(torch.rand(203, 2)), batch_size=8, drop_last=True)
+    quiet = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False}
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=0.5, accumulate_grad_batches=3, **quiet)
+    trainer.fit(Net(), loader)
+    assert trainer.global_step == steps_per_epoch(203, 8, True, 0.5, 3) == 4  # 25 batches -> 12 -> 4 steps
+
+
+def test_fine_tune_starting_mid_fit() -> None:
+    tune = FineTune(start_epoch=4, epochs=5, base_lr=1e-3)
+    (_, frozen), (_, unfrozen) = fine_tune(5, 1e-3)
+    assert tune.cycles() == {4: frozen, 5: unfrozen} and tune.end_epoch == 10
+    assert FineTune(0, 3, freeze_epochs=2).cycles().keys() == {0, 2}

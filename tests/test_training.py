@@ -13,6 +13,7 @@ from imagenette_sota.cli import cli, main
 from imagenette_sota.data import ImagenetteDataModule
 from imagenette_sota.models import XResNet
 from imagenette_sota.module import ImagenetteClassifier
+from imagenette_sota.schedule import Cycle
 
 from .conftest import MINI_MD5
 
@@ -36,7 +37,7 @@ def test_short_fit_on_real_images_learns(mini_root: Path) -> None:
     dm = ImagenetteDataModule(
         root=mini_root / "imagenette2-160-mini", presize=64, train_size=32, batch_size=20, num_workers=0
     )
-    model = ImagenetteClassifier(backbone=partial(XResNet, layers=(1, 1, 1, 1), widen=0.5), lr=1e-2)
+    model = ImagenetteClassifier(backbone=partial(XResNet, layers=(1, 1, 1, 1), widen=0.5), cycle=Cycle(1e-2))
     history = _History()
     trainer = L.Trainer(
         accelerator="cpu",

@@ -1,17 +1,14 @@
 """Inspection: what fastai's ``show_batch``, ``Recorder`` and ``ClassificationInterpretation`` show, in TensorBoard.
 
-Scalars (any logger, through ``LightningModule.log``):
-
-- ``train/images_per_sec``: training images per second over each epoch (data loading included), ranks summed.
-- ``train/image_size``: side (px) of the training images, each epoch, unless a ``ProgressiveResize`` logs it.
-- ``hp_metric``: at the end of the fit, the final ``val/acc``, written with the module's and the data module's
-  hyperparameters, so that TensorBoard's HPARAMS tab compares runs by their final accuracy.
+The HPARAMS tab (with a ``TensorBoardLogger``): at the end of the fit, ``hp_metric`` = the final ``val/acc``, written
+with the module's and the data module's hyperparameters, so that TensorBoard compares runs by their final accuracy.
+(Throughput, image and batch size: ``TrainScalars``, callbacks/scalars.py.)
 
 Images (with a ``TensorBoardLogger``; rank 0 writes them):
 
 - ``train/batch``: the augmented training batch, at the first batch and whenever the image size changes.
-- ``train/mixup``: that batch as the module mixed it, each image captioned with its two labels and weights; only
-  while the module exposes ``last_mixed = (x, y_a, y_b, lam)`` (ImagenetteClassifier with mixup or cutmix).
+- ``train/mixup``: that batch as the module mixed it, each image captioned with its two labels and weights; when
+  ``training_step`` returns a dict with ``"mixed": (x, y_a, y_b, lam)`` (ImagenetteClassifier with mixup or cutmix).
 - ``val/confusion_matrix``: after each validation, rows actual, columns predicted (``MulticlassConfusionMatrix``,
   summed over the ranks).
 - ``val/top_losses``: the validation images of highest cross entropy over all ranks: image, predicted and actual
@@ -25,7 +22,6 @@ What it reads, all public: batches ``(x, y)`` with ``x`` normalized images (B, 3
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -40,8 +36,6 @@ from torch import Tensor
 from torchmetrics.classification import MulticlassConfusionMatrix
 from torchvision.transforms.v2.functional import pil_to_tensor, to_pil_image
 from torchvision.utils import make_grid
-
-from imagenette_sota.callbacks.progressive import ProgressiveResize
 
 TILE = 128  # px: side of every image tile, whatever the training or validation image size
 LINE = 12  # px: height of a caption line
@@ -101,7 +95,7 @@ def _cat(a: Rows, b: Rows) -> Rows:
 
 
 class Inspection(Callback):
-    """Throughput, image size, batch and mixup grids, confusion matrix, top losses, final hparams (see module doc)."""
+    """Batch and mixup grids, confusion matrix, top losses, final hparams (see the module doc)."""
 
     def __init__(self, max_images: int = 16, top_losses: int = 9, confusion_matrix: bool = True) -> None:
         """Args:
@@ -114,8 +108,6 @@ class Inspection(Callback):
         self.max_images, self.top_losses, self.confusion_matrix = max_images, top_losses, confusion_matrix
         self._shown_size: tuple[int, ...] | None = None  # the image size of the last batch grid
         self._show_batch = False  # whether this training batch is shown
-        self._epoch_start = self._epoch_seconds = self._drawing_seconds = 0.0
-        self._images = 0
         self._confusion: MulticlassConfusionMatrix | None = None
         self._worst: Rows | None = None
 
@@ -138,29 +130,17 @@ class Inspection(Callback):
         return next((logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)), None)
 
     def _add_image(self, trainer: L.Trainer, tag: str, draw: Callable[[], Tensor]) -> None:
-        """Draw and write an image (rank 0, with a TensorBoard logger); drawing is not training time."""
+        """Draw and write an image (rank 0, with a TensorBoard logger)."""
         logger = self.tensorboard(trainer)
-        if logger is None or not trainer.is_global_zero:
-            return
-        start = time.perf_counter()
-        logger.experiment.add_image(tag, draw(), global_step=trainer.global_step)
-        if trainer.training:
-            self._drawing_seconds += time.perf_counter() - start
+        if logger is not None and trainer.is_global_zero:
+            logger.experiment.add_image(tag, draw(), global_step=trainer.global_step)
 
     # --- training ---------------------------------------------------------------------------------------------------
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Start the epoch's clock."""
-        self._epoch_start, self._epoch_seconds, self._drawing_seconds = time.perf_counter(), 0.0, 0.0
-        self._images = 0
-
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        """Log the epoch's image size; show the batch when its image size is new."""
+        """Show the batch when its image size is new."""
         x, y = batch
-        if batch_idx == 0 and not any(isinstance(c, ProgressiveResize) for c in trainer.callbacks):
-            size = float(x.shape[-1])
-            pl_module.log("train/image_size", size, on_step=False, on_epoch=True, batch_size=1, sync_dist=True)
         self._show_batch = self.max_images > 0 and tuple(x.shape[-2:]) != self._shown_size
         if self._show_batch:
             self._shown_size = tuple(x.shape[-2:])
@@ -175,9 +155,8 @@ class Inspection(Callback):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        """Count the images; when the batch was shown, show it as the module mixed it too."""
-        self._images += len(batch[1])
-        mixed = getattr(pl_module, "last_mixed", None)
+        """When the batch was shown, show it as the module mixed it too."""
+        mixed = outputs.get("mixed") if isinstance(outputs, dict) else None
         if self._show_batch and mixed is not None:
             x, y_a, y_b, lam = (t[: self.max_images] for t in mixed)
             name = self.namer(trainer)
@@ -189,13 +168,6 @@ class Inspection(Callback):
                 )
 
             self._add_image(trainer, "train/mixup", draw)
-        self._epoch_seconds = time.perf_counter() - self._epoch_start
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Log the epoch's throughput, summed over the ranks (every rank logs: the sum is a collective)."""
-        seconds = self._epoch_seconds - self._drawing_seconds
-        rate = self._images / seconds if seconds > 0 else 0.0
-        pl_module.log("train/images_per_sec", rate, on_epoch=True, sync_dist=True, reduce_fx="sum", batch_size=1)
 
     # --- validation -------------------------------------------------------------------------------------------------
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -1,61 +1,44 @@
-"""ProgressiveResize: the image size, batch size and one-cycle of each stage of a fit, set epoch by epoch.
+"""ProgressiveResize: the training image size and batch size of each stage of a fit, set epoch by epoch.
 
-The book's recipe (4 epochs at 128 px, batch 128, ``fit_one_cycle(4, 3e-3)``, then ``fine_tune(5, 1e-3)`` at
-224 px, batch 64: 10 epochs, since fine_tune is 1 epoch at pct_start 0.99 plus 5 at lr / 2)::
+The book's recipe: 4 epochs at 128 px, batch 128, then 6 at 224 px, batch 64 (the one-cycles of each stage are
+``OneCycles``'s, callbacks/cycles.py)::
 
-    from imagenette_sota.schedule import fine_tune
-
-    (freeze, frozen), (_, unfrozen) = fine_tune(5, 1e-3)
-    model = ImagenetteClassifier(lr=3e-3)  # epoch 0's cycle: the module's own (``model.cycle``)
-    resize = ProgressiveResize({0: Stage(128, 128), 4: Stage(224, 64, frozen), 4 + freeze: Stage(cycle=unfrozen)})
-    L.Trainer(max_epochs=10, callbacks=[resize]).fit(model, datamodule=ImagenetteDataModule("imagenette2-320"))
+    ProgressiveResize({0: Stage(128, 128), 4: Stage(224, 64)})
 
 and as LightningCLI YAML (``imagenette-sota fit --config this.yaml``)::
 
-    model: {lr: 3.0e-3}
     trainer:
-      max_epochs: 10
       callbacks:
         - class_path: imagenette_sota.callbacks.ProgressiveResize
           init_args:
             schedule:
               0: {size: 128, batch_size: 128}
-              4: {size: 224, batch_size: 64, cycle: {lr_max: 1.0e-3, pct_start: 0.99}}
-              5: {cycle: {lr_max: 5.0e-4, pct_start: 0.3, div: 5.0}}
+              4: {size: 224, batch_size: 64}
 
-FFCV-style smooth resizing (160 -> 192 px over epochs 11..13 of 16, batch 256 at 192 px, larger below it, one
-cycle for the whole fit, validation at 224 px)::
+FFCV-style smooth resizing (160 -> 192 px over epochs 11..13 of 16, batch 256 at 192 px, larger below it; validation
+at 224 px is the data module's ``val_size``)::
 
-    ProgressiveResize(ramp=Ramp(160, 192, start_epoch=11, end_epoch=13, batch_size=256), val_size=224)
+    ProgressiveResize(ramp=Ramp(160, 192, start_epoch=11, end_epoch=13, batch_size=256))
 
 What it sets, and when (public state only):
 
-- ``datamodule.train_size``, ``val_size`` and (if a stage gives one) ``batch_size``, for epoch e + 1 at the end
-  of epoch e (after its validation), for the first epoch in ``setup`` (before Lightning builds the first train
-  loader and ``configure_optimizers`` counts its batches). Any data module with these three public attributes
-  works; ``val_size`` is set to the callback's ``val_size``, or to the train size when that is None.
+- ``datamodule.train_size`` and (if a stage gives one) ``batch_size``, the data module's own state: for epoch e + 1
+  at the end of epoch e (after its validation: Lightning builds an epoch's train loader before its epoch-start
+  hooks), for the first epoch in ``setup`` (before Lightning builds the first train loader and
+  ``configure_optimizers`` counts its batches), and for the epoch a resumed fit starts with in ``on_train_start``
+  (a data module without state of its own gets its sizes back). Any data module with public ``train_size`` and
+  ``batch_size`` works. Validation runs at the data module's ``val_size`` (None: the current train size).
 - A new batch size needs a new train loader: when the stages change it, the callback sets the Trainer's public
   ``reload_dataloaders_every_n_epochs`` to 1 (loaders are then rebuilt every epoch).
-- At the start of an epoch that begins a cycle, ``trainer.lr_scheduler_configs[0].scheduler`` becomes
-  ``one_cycle(optimizer, cycle, steps)``, with ``steps`` the optimizer steps until the next cycle starts (or
-  ``max_epochs``), summed epoch by epoch with each epoch's batch size: per-process samples (after the
-  distributed sampler) // batch size (drop_last; ceil otherwise), cut by ``limit_train_batches``, divided by
-  ``accumulate_grad_batches`` (rounded up). The first epoch always begins a cycle: its stage's, or else the
-  module's ``cycle`` attribute (a ``schedule.Cycle``; ImagenetteClassifier has one), so the module's one
-  whole-fit estimate never runs with a stale length. A module with neither keeps its own scheduler until the
-  first stage that names a cycle.
-- The module must configure one optimizer and one ``interval="step"`` ``OneCycleLR`` (as ``configure_optimizers``
-  of ImagenetteClassifier does) whenever a cycle is started: on resume Lightning loads the checkpointed state of
-  the running replacement into that scheduler, and a OneCycleLR's state holds the whole cycle (length, phases,
-  position), so the resumed run continues the replacement exactly. The callback's own state is the epoch the data
-  module is configured for, re-applied on resume before the first train loader is rebuilt.
-- Logs ``train/image_size`` and ``train/batch_size`` every epoch.
+- Batch sizes that change also change the number of optimizer steps per epoch, which
+  ``trainer.estimated_stepping_batches`` (every epoch at the first batch size) does not know: before an epoch's
+  first step the callback refuses a step scheduler (a ``OneCycleLR``) without room for that epoch's steps, naming
+  the fix (``OneCycles`` times one-cycles to the stages; ``ProgressiveResize.total_steps`` counts a fit's steps).
 
 Multi-GPU (``trainer: {strategy: ddp, devices: N}``): ``batch_size`` is per device, the global batch is
-batch_size x devices x num_nodes, and no learning rate is rescaled with it: scale ``lr`` and the cycles' ``lr_max``
-yourself if you want to. Lightning's ``sync_batchnorm: true`` computes BatchNorm statistics over the global batch
-(worth it when the per-device batch is small; it costs a synchronization per BatchNorm layer). Validation at
-``val_size`` is independent of the train size.
+batch_size x devices x num_nodes, and no learning rate is rescaled with it: scale the cycles' ``lr_max`` yourself if
+you want to. Lightning's ``sync_batchnorm: true`` computes BatchNorm statistics over the global batch (worth it when
+the per-device batch is small; it costs a synchronization per BatchNorm layer).
 """
 
 from __future__ import annotations
@@ -67,30 +50,27 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
-from torch.optim.lr_scheduler import OneCycleLR
 
-from imagenette_sota.schedule import Cycle, one_cycle
+from imagenette_sota.schedule import steps_per_epoch
 
 
 @dataclass(frozen=True)
 class Stage:
-    """From its epoch on: train image side (px), batch size per device, and a one-cycle that starts there.
+    """From its epoch on: train image side (px) and batch size per device.
 
-    ``None`` keeps the previous stage's size or batch size (the data module's batch size before any stage sets
-    one); ``cycle=None`` continues the running cycle.
+    ``None`` keeps the previous stage's size or batch size (the data module's batch size before any stage sets one).
     """
 
     size: int | None = None
     batch_size: int | None = None
-    cycle: Cycle | None = None
 
     def __post_init__(self) -> None:
         for name in ("size", "batch_size"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"Stage {name}={value!r} must be a positive integer (or None to keep the last)")
-        if self.size is None and self.batch_size is None and self.cycle is None:
-            raise ValueError("a Stage must set a size, a batch_size or a cycle")
+        if self.size is None and self.batch_size is None:
+            raise ValueError("a Stage must set a size or a batch_size")
 
 
 @dataclass(frozen=True)
@@ -132,7 +112,7 @@ class Ramp:
         return min(max(size, self.min_size), self.max_size)
 
     def stages(self) -> dict[int, Stage]:
-        """The ramp as one stage per epoch up to end_epoch (no cycles: the first epoch's runs to the end)."""
+        """The ramp as one stage per epoch up to end_epoch."""
         stages = {}
         for epoch in range(self.end_epoch + 1):
             size = self.size_at(epoch)
@@ -142,18 +122,12 @@ class Ramp:
 
 
 class ProgressiveResize(Callback):
-    """Progressive resizing: per-epoch image size and batch size, and a one-cycle per stage (see the module doc)."""
+    """Progressive resizing: per-epoch training image size and batch size (see the module doc)."""
 
-    def __init__(
-        self,
-        schedule: dict[int, Stage] | None = None,
-        ramp: Ramp | None = None,
-        val_size: int | None = None,
-    ) -> None:
+    def __init__(self, schedule: dict[int, Stage] | None = None, ramp: Ramp | None = None) -> None:
         """Args:
         schedule: {epoch: Stage}, epochs counted from 0; epoch 0 must give a size. Not with ``ramp``.
         ramp: a smooth size ramp instead of a schedule.
-        val_size: validation image side (px); None: the current train size.
         """
         if (schedule is None) == (ramp is None):
             raise ValueError("give ProgressiveResize a schedule or a ramp (one of the two)")
@@ -166,102 +140,94 @@ class ProgressiveResize(Callback):
         for epoch, stage in schedule.items():
             if not isinstance(stage, Stage):
                 raise TypeError(f"schedule[{epoch}]={stage!r} must be a Stage")
-        if val_size is not None and val_size < 1:
-            raise ValueError(f"val_size={val_size} must be a positive integer (or None to follow the train size)")
-        self.schedule, self.val_size = schedule, val_size
+        self.schedule = schedule
         self.epochs = sorted(schedule)
-        self._epoch = 0  # the epoch the data module is configured for
 
     def stage_at(self, epoch: int) -> Stage:
-        """The stage in force at `epoch`: the size and batch size last set, and the cycle starting exactly there."""
+        """The stage in force at ``epoch``: the size and the batch size last set (None: none set yet)."""
         earlier = [self.schedule[k] for k in reversed(self.epochs) if k <= epoch]
         size = next(s.size for s in earlier if s.size is not None)
-        batch_size = next((s.batch_size for s in earlier if s.batch_size is not None), None)
-        starting = self.schedule.get(epoch)
-        return Stage(size, batch_size, starting.cycle if starting else None)
+        return Stage(size, next((s.batch_size for s in earlier if s.batch_size is not None), None))
+
+    def batch_size_at(self, epoch: int) -> int | None:
+        """The batch size per device a stage sets for ``epoch`` (None: the data module's own)."""
+        return self.stage_at(epoch).batch_size
+
+    def total_steps(self, trainer: L.Trainer) -> int:
+        """Optimizer steps of the whole fit (``max_epochs``) with the stages' batch sizes, as Lightning counts them.
+
+        What ``trainer.estimated_stepping_batches`` would be if it knew the stages: size a module's own scheduler
+        with it. Needs the train loader (``trainer.estimated_stepping_batches`` builds it, if called first).
+        """
+        return sum(epoch_steps(trainer, self.batch_size_at(e)) for e in range(trainer.max_epochs))
 
     # --- hooks ---------------------------------------------------------------------------------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        """Check the data module, rebuild loaders if batch sizes change, configure the first epoch's data."""
+        """Check the data module, rebuild loaders if batch sizes change, size the first epoch's data."""
         if stage != "fit":
             return
-        dm = trainer.datamodule
-        missing = [a for a in ("train_size", "val_size", "batch_size") if not hasattr(dm, a)]
+        missing = [a for a in ("train_size", "batch_size") if not hasattr(trainer.datamodule, a)]
         if missing:
             raise AttributeError(
                 f"ProgressiveResize needs trainer.fit(..., datamodule=dm) with public {missing} on the data module"
             )
-        if (
-            len({self.stage_at(e).batch_size for e in self.epochs}) > 1
-            and trainer.reload_dataloaders_every_n_epochs != 1
-        ):
+        if self._batch_sizes_change() and trainer.reload_dataloaders_every_n_epochs != 1:
             rank_zero_info("ProgressiveResize: batch sizes change, so train loaders are rebuilt every epoch")
             trainer.reload_dataloaders_every_n_epochs = 1
-        self._epoch = trainer.current_epoch
-        self._configure(trainer, self._epoch)
+        self._apply(trainer, trainer.current_epoch)
 
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """After a checkpoint restored this callback: configure the data for the epoch it was saved for."""
-        self._configure(trainer, self._epoch)
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """The epoch a fit starts with is known now (a resumed one's too): size its data."""
+        self._apply(trainer, trainer.current_epoch)
 
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Start this epoch's cycle, if it begins one; log the sizes."""
-        epoch = trainer.current_epoch
-        stage = self.stage_at(epoch)
-        cycle = stage.cycle or (getattr(pl_module, "cycle", None) if epoch == 0 else None)
-        if cycle is not None:
-            self._start_cycle(trainer, epoch, cycle)
-        log = {"train/image_size": stage.size, "train/batch_size": trainer.train_dataloader.batch_size}
-        for name, value in log.items():
-            pl_module.log(name, float(value), on_step=False, on_epoch=True, batch_size=1, sync_dist=True)
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        """Before an epoch's first step: refuse a step scheduler without room for the epoch (see the module doc)."""
+        if batch_idx == 0 and self._batch_sizes_change():
+            self._check_room(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Configure the next epoch's data now: Lightning builds its train loader before its epoch-start hooks."""
-        self._configure(trainer, trainer.current_epoch + 1)
+        """Size the next epoch's data now: Lightning builds its train loader before its epoch-start hooks."""
+        self._apply(trainer, trainer.current_epoch + 1)
 
     # --- what the hooks apply ------------------------------------------------------------------------------
-    def _configure(self, trainer: L.Trainer, epoch: int) -> None:
+    def _apply(self, trainer: L.Trainer, epoch: int) -> None:
         stage, dm = self.stage_at(epoch), trainer.datamodule
         dm.train_size = stage.size
-        dm.val_size = self.val_size if self.val_size is not None else stage.size
         if stage.batch_size is not None:
             dm.batch_size = stage.batch_size
-        self._epoch = epoch
 
-    def _start_cycle(self, trainer: L.Trainer, epoch: int, cycle: Cycle) -> None:
-        configs = trainer.lr_scheduler_configs
-        if len(trainer.optimizers) != 1 or len(configs) != 1 or configs[0].interval != "step":
-            raise RuntimeError(
-                "ProgressiveResize starts one-cycles: configure_optimizers must return one optimizer and one "
-                "lr scheduler with interval='step'"
-            )
-        if not isinstance(configs[0].scheduler, OneCycleLR):
-            raise TypeError(
-                f"ProgressiveResize replaces the module's {type(configs[0].scheduler).__name__} with a OneCycleLR; "
-                "configure a OneCycleLR so that a resumed run restores the running cycle into it"
-            )
-        if trainer.max_epochs is None or trainer.max_epochs < 0:
-            raise ValueError("ProgressiveResize times its cycles by epochs: set the Trainer's max_epochs")
-        end = next((k for k in self.epochs if k > epoch and self.schedule[k].cycle), trainer.max_epochs)
-        loader = trainer.train_dataloader
-        steps = sum(self._steps(trainer, self.stage_at(e).batch_size or loader.batch_size) for e in range(epoch, end))
-        configs[0].scheduler = one_cycle(trainer.optimizers[0], cycle, steps)
+    def _batch_sizes_change(self) -> bool:
+        return len({self.batch_size_at(e) for e in self.epochs}) > 1
 
-    @staticmethod
-    def _steps(trainer: L.Trainer, batch_size: int) -> int:
-        """Optimizer steps of one epoch at `batch_size`, as Lightning will count them."""
-        loader = trainer.train_dataloader
-        samples = len(loader.sampler)  # this process's share under a distributed sampler
-        batches = samples // batch_size if loader.drop_last else math.ceil(samples / batch_size)
-        limit = trainer.limit_train_batches
-        batches = min(batches, limit) if isinstance(limit, int) else int(batches * limit)
-        return math.ceil(batches / trainer.accumulate_grad_batches)
+    def _check_room(self, trainer: L.Trainer) -> None:
+        epoch, steps = trainer.current_epoch, epoch_steps(trainer, self.batch_size_at(trainer.current_epoch))
+        for config in trainer.lr_scheduler_configs:
+            total, done = getattr(config.scheduler, "total_steps", None), config.scheduler.last_epoch
+            if config.interval == "step" and total is not None and done + steps > total:
+                raise RuntimeError(
+                    f"ProgressiveResize: epoch {epoch} takes {steps} optimizer steps at batch size "
+                    f"{trainer.datamodule.batch_size}, but the {type(config.scheduler).__name__} has {total - done} of "
+                    f"its {total} left: it was sized for batch sizes that do not change (trainer.estimated_stepping_"
+                    "batches counts every epoch at the first stage's). Add imagenette_sota.callbacks.OneCycles, "
+                    "which times a one-cycle to the stages, or size the scheduler with "
+                    "ProgressiveResize.total_steps(trainer)."
+                )
 
-    # --- checkpoints ---------------------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        """The epoch the data module is configured for (the scheduler's state is Lightning's to save)."""
-        return {"epoch": self._epoch}
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore what ``state_dict`` saved; ``on_fit_start`` applies it."""
-        self._epoch = state_dict["epoch"]
+def epoch_steps(trainer: L.Trainer, batch_size: int | None = None) -> int:
+    """Optimizer steps of one epoch of this fit at ``batch_size`` (None: the train loader's), as Lightning counts.
+
+    ``schedule.steps_per_epoch`` of this process's share of the train set (``len(loader.dataset)`` ceil-divided over
+    the ranks, like Lightning's ``DistributedSampler``) with the loader's ``drop_last`` and the Trainer's
+    ``limit_train_batches`` and ``accumulate_grad_batches``.
+    """
+    loader = trainer.train_dataloader
+    return steps_per_epoch(
+        math.ceil(len(loader.dataset) / trainer.world_size),
+        batch_size or loader.batch_size,
+        drop_last=loader.drop_last,
+        limit_batches=trainer.limit_train_batches,
+        accumulate=trainer.accumulate_grad_batches,
+    )

@@ -1,0 +1,99 @@
+"""OneCycles: fastai's consecutive ``fit_one_cycle`` calls inside one Lightning fit, each timed to its stage.
+
+The book's progressive recipe is ``fit_one_cycle(4, 3e-3)`` at 128 px, then ``fine_tune(5, 1e-3)`` at 224 px: three
+one-cycles (4, 1 and 5 epochs), the last two after ``opt.clear_state()``. As one fit::
+
+    model = ImagenetteClassifier(cycle=Cycle(3e-3))  # epoch 0's cycle: the module's own (its ``cycle`` attribute)
+    resize = ProgressiveResize({0: Stage(128, 128), 4: Stage(224, 64)})
+    cycles = OneCycles(fine_tune=FineTune(start_epoch=4, epochs=5, base_lr=1e-3))
+    L.Trainer(max_epochs=10, callbacks=[resize, cycles]).fit(model, datamodule=ImagenetteDataModule("imagenette2"))
+
+What it does, and when (public trainer state only):
+
+- At the start of an epoch that begins a cycle, ``trainer.lr_scheduler_configs[0].scheduler`` becomes
+  ``schedule.one_cycle(optimizer, cycle, steps)``, ``steps`` being the optimizer steps until the next cycle starts
+  (or ``max_epochs``), epoch by epoch with each epoch's batch size (a ``ProgressiveResize`` among the callbacks
+  tells them; else the train loader's): ``progressive.epoch_steps``, ``schedule.steps_per_epoch`` with the
+  trainer's settings.
+- The first epoch always begins a cycle: the schedule's, or else the module's ``cycle`` attribute (a
+  ``schedule.Cycle``), so a whole-fit estimate (``trainer.estimated_stepping_batches``, which counts every epoch at
+  the first batch size) never runs with a stale length. A module with neither keeps its own scheduler until the
+  first cycle of the schedule.
+- ``clear_state`` (and every cycle of ``fine_tune``): the optimizer's state (Adam's moments and step counts) is
+  emptied before the cycle starts, as fastai's freeze/unfreeze do.
+- The module must configure one optimizer and one ``interval="step"`` ``OneCycleLR``: on resume Lightning loads the
+  checkpointed state of the running replacement into that scheduler, and a OneCycleLR's state holds the whole cycle
+  (length, phases, position), so the resumed run continues it exactly. The callback keeps no state of its own.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+from torch.optim.lr_scheduler import OneCycleLR
+
+from imagenette_sota.callbacks.progressive import ProgressiveResize, epoch_steps
+from imagenette_sota.schedule import Cycle, FineTune, one_cycle
+
+
+class OneCycles(Callback):
+    """A new fastai one-cycle at chosen epochs, each timed to the next (see the module doc)."""
+
+    def __init__(
+        self, schedule: dict[int, Cycle] | None = None, fine_tune: FineTune | None = None, clear_state: bool = False
+    ) -> None:
+        """Args:
+        schedule: {epoch: the cycle that starts there}, epochs counted from 0.
+        fine_tune: fastai's fine_tune at its start_epoch: two cycles, each after clearing the optimizer state.
+        clear_state: also clear the optimizer state before each cycle of ``schedule`` after the first epoch.
+        """
+        schedule = dict(schedule or {})
+        bad = [k for k in schedule if not isinstance(k, int) or k < 0]
+        if bad:
+            raise ValueError(f"OneCycles schedule epochs must be integers >= 0, got {bad}")
+        for epoch, cycle in schedule.items():
+            if not isinstance(cycle, Cycle):
+                raise TypeError(f"OneCycles schedule[{epoch}]={cycle!r} must be a schedule.Cycle")
+        clears = {k for k in schedule if k > 0} if clear_state else set()
+        if fine_tune is not None:
+            tuned = fine_tune.cycles()
+            if overlap := sorted(schedule.keys() & tuned.keys()):
+                raise ValueError(f"OneCycles: the schedule and fine_tune both start a cycle at epoch(s) {overlap}")
+            schedule.update(tuned)
+            clears |= set(tuned)
+        self.schedule, self.clears = schedule, clears
+        self.epochs = sorted(schedule)
+
+    def cycle_at(self, epoch: int, pl_module: L.LightningModule) -> Cycle | None:
+        """The cycle that starts at ``epoch``: the schedule's, or at epoch 0 the module's ``cycle``; else None."""
+        if epoch in self.schedule:
+            return self.schedule[epoch]
+        return getattr(pl_module, "cycle", None) if epoch == 0 else None
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Start this epoch's cycle, if it begins one (after clearing the optimizer state, if asked)."""
+        epoch = trainer.current_epoch
+        cycle = self.cycle_at(epoch, pl_module)
+        if cycle is None:
+            return
+        configs = trainer.lr_scheduler_configs
+        if len(trainer.optimizers) != 1 or len(configs) != 1 or configs[0].interval != "step":
+            raise RuntimeError(
+                "OneCycles starts one-cycles: configure_optimizers must return one optimizer and one lr scheduler "
+                "with interval='step'"
+            )
+        if not isinstance(configs[0].scheduler, OneCycleLR):
+            raise TypeError(
+                f"OneCycles replaces the module's {type(configs[0].scheduler).__name__} with a OneCycleLR; "
+                "configure a OneCycleLR so that a resumed run restores the running cycle into it"
+            )
+        if trainer.max_epochs is None or trainer.max_epochs < 0:
+            raise ValueError("OneCycles times its cycles by epochs: set the Trainer's max_epochs")
+        end = next((k for k in self.epochs if k > epoch), trainer.max_epochs)
+        resize = next((c for c in trainer.callbacks if isinstance(c, ProgressiveResize)), None)
+        batch_sizes = [resize.batch_size_at(e) if resize else None for e in range(epoch, end)]
+        steps = sum(epoch_steps(trainer, batch_size) for batch_size in batch_sizes)
+        optimizer = trainer.optimizers[0]
+        if epoch in self.clears:
+            optimizer.state.clear()  # fastai's opt.clear_state(): moments and step counts start again
+        configs[0].scheduler = one_cycle(optimizer, cycle, steps)
