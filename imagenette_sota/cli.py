@@ -36,10 +36,12 @@ from imagenette_sota.callbacks.tta import tta as test_time_augmentation
 from imagenette_sota.checkpoint_io import check_ckpt_path
 from imagenette_sota.data import ImagenetteDataModule
 from imagenette_sota.module import ImagenetteClassifier, check_checkpoint
+from imagenette_sota.schedule import Cycle, FineTune
 
 PACKAGE = str(Path(__file__).resolve().parent)
 JSONARGPARSE = str(Path(jsonargparse.__file__).resolve().parent)
-GROUPS = {"data": L.LightningDataModule, "model": L.LightningModule}  # config key -> the class configured there
+# Config key -> the class configured there (a dataclass's fields are keys below it).
+GROUPS = {"data": L.LightningDataModule, "model": L.LightningModule, "model.cycle": Cycle, "cycles.fine_tune": FineTune}
 
 
 class ImagenetteTrainer(L.Trainer):

@@ -15,6 +15,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from imagenette_sota import seeds
+from imagenette_sota.checks import check_numbers
 from imagenette_sota.mixup import cutmix, mixed_loss, mixup
 from imagenette_sota.models import xresnet50
 from imagenette_sota.schedule import WEIGHT_DECAY, Cycle, adam, one_cycle
@@ -56,13 +57,6 @@ def check_checkpoint(
     )
 
 
-def _check_numbers(**checks: tuple[float, str, bool]) -> None:
-    """Refuse the first number outside its range: ``name=(value, "the range in words", value is in range)``."""
-    for name, (value, allowed, ok) in checks.items():
-        if not ok:  # NaN compares False, so it is refused too
-            raise ValueError(f"{name}={value!r} must be {allowed}")
-
-
 class ImagenetteClassifier(L.LightningModule):
     """An image classifier trained the fastai way: Adam + one-cycle, label smoothing, mixup or cutmix."""
 
@@ -93,12 +87,8 @@ class ImagenetteClassifier(L.LightningModule):
             image size compiles again (same rows).
         """
         super().__init__()
-        _check_numbers(
-            lr=(lr, "> 0", lr > 0),
+        check_numbers(
             weight_decay=(weight_decay, ">= 0", weight_decay >= 0),
-            pct_start=(pct_start, "in (0, 1)", 0 < pct_start < 1),
-            div=(div, "> 0", div > 0),
-            div_final=(div_final, "> 0", div_final > 0),
             label_smoothing=(label_smoothing, "in [0, 1)", 0 <= label_smoothing < 1),
             mixup_alpha=(mixup_alpha, ">= 0", mixup_alpha >= 0),
             cutmix_alpha=(cutmix_alpha, ">= 0", cutmix_alpha >= 0),

@@ -17,6 +17,8 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import OneCycleLR
 
+from imagenette_sota.checks import check_numbers
+
 BETAS = (0.9, 0.99)
 EPS = 1e-5
 MOMS = (0.95, 0.85)  # beta1 at the start and end of the cycle, and at its peak
@@ -34,11 +36,12 @@ class Cycle:
     div_final: float = 1e5
 
     def __post_init__(self) -> None:
-        if not self.lr_max > 0 or not 0 <= self.pct_start < 1 or not self.div > 0 or not self.div_final > 0:
-            raise ValueError(
-                f"Cycle needs lr_max > 0, 0 <= pct_start < 1, div > 0 and div_final > 0; got lr_max={self.lr_max}, "
-                f"pct_start={self.pct_start}, div={self.div}, div_final={self.div_final}"
-            )
+        check_numbers(
+            lr_max=(self.lr_max, "> 0", self.lr_max > 0),
+            pct_start=(self.pct_start, "in (0, 1)", 0 < self.pct_start < 1),
+            div=(self.div, "> 0", self.div > 0),
+            div_final=(self.div_final, "> 0", self.div_final > 0),
+        )
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:

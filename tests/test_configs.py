@@ -42,7 +42,7 @@ FACTS: dict[str, dict[str, Any]] = {
         "data.normalize": "none",
         "data.train_size": 224,
         "trainer.max_epochs": 5,
-        "model.lr": 3e-3,
+        "model.cycle.lr_max": 3e-3,
         "data.split": "random",
         "data.valid_pct": 0.2,
     },

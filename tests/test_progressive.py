@@ -134,7 +134,7 @@ def test_schedule_errors_name_the_bad_value() -> None:
         OneCycles({-2: Cycle(1e-3)})
     with pytest.raises(ValueError, match=r"both start a cycle at epoch\(s\) \[4\]"):
         OneCycles({4: Cycle(1e-3)}, fine_tune=FineTune(4, 5))
-    with pytest.raises(ValueError, match="pct_start=1.5"):
+    with pytest.raises(ValueError, match=r"pct_start=1.5 must be in \(0, 1\)"):
         Cycle(1e-3, pct_start=1.5)
     with pytest.raises(ValueError, match="start_epoch=5, end_epoch=5"):
         Ramp(128, 224, 5, 5)
