@@ -86,3 +86,30 @@ def fastai_dataloaders(data_dir: Path, presize: int, size: int, bs: int, workers
         batch_tfms=[*aug_transforms(size=size, min_scale=0.75), Normalize.from_stats(*imagenet_stats)],
     )
     return block.dataloaders(data_dir, bs=bs, num_workers=workers, device=torch.device(device) if device else None)
+
+
+def tiny_checkpoint(
+    data_dir: Path, path: Path, presize: int = 64, size: int = 32, steps: int = 4, batch_size: int = 32
+) -> Path:
+    """A real checkpoint of a few training steps (xresnet18) on ``data_dir``, for inference tests and benchmarks."""
+    import lightning as L
+
+    from imagenette_sota.data import ImagenetteDataModule
+    from imagenette_sota.models import xresnet18
+    from imagenette_sota.module import ImagenetteClassifier
+
+    L.seed_everything(0, verbose=False)
+    dm = ImagenetteDataModule(root=data_dir, presize=presize, train_size=size, batch_size=batch_size, num_workers=0)
+    model = ImagenetteClassifier(backbone=xresnet18, num_classes=dm.num_classes, lr=3e-3)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=steps,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(model, dm)
+    trainer.save_checkpoint(path)
+    return path

@@ -57,6 +57,12 @@ def check_checkpoint(
     )
 
 
+def import_path(obj: Any) -> str | None:
+    """``module.name`` of an importable function or class (None for a lambda, a partial or a local function)."""
+    module, name = getattr(obj, "__module__", None), getattr(obj, "__qualname__", "")
+    return f"{module}.{name}" if module and name and "<" not in name else None
+
+
 class ImagenetteClassifier(L.LightningModule):
     """An image classifier trained the fastai way: Adam + one-cycle, label smoothing, mixup or cutmix."""
 
@@ -101,6 +107,7 @@ class ImagenetteClassifier(L.LightningModule):
         # weights_only=True, which unpickles no classes of ours.
         cycle = asdict(self.cycle)
         self.save_hyperparameters(ignore=["backbone"])
+        self.backbone_path = import_path(backbone)  # the checkpoint records it (imagenette_sota.trained reads it)
         self.model = backbone(num_classes)
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -147,6 +154,10 @@ class ImagenetteClassifier(L.LightningModule):
             return None
         parts = (seeds.run_seed(), seeds.MIX, trainer.global_rank, trainer.current_epoch, batch_idx)
         return seeds.generator(seeds.derive(*parts), device)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Record the backbone's import path beside the weights: inference rebuilds the network from it."""
+        checkpoint["backbone"] = self.backbone_path
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse a checkpoint of another architecture or number of classes with a clear message, before loading."""

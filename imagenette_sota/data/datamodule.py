@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -250,11 +251,14 @@ class ImagenetteDataModule(BatchTransforms, L.LightningDataModule):
 
     # --- checkpoints -------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """What a resumed run must restore: sizes, batch size, normalization statistics, the split and the classes."""
+        """What a resumed run restores (sizes, batch size, statistics, split, classes); inference reads it too."""
         return {
             "split": self.splitter.state_dict(),
             "classes": self.classes,
             "class_names": self.class_names,
+            "presize": self.presize,
+            "normalize": self.normalize,
+            "augment": None if self.augment is None else dataclasses.asdict(self.augment),
             "train_size": self.train_size,
             "val_size": self.val_size,
             "batch_size": self.batch_size,

@@ -102,9 +102,14 @@ def open_rgb(path: Path, min_size: int) -> Image.Image:
                 f"Image size ({pixels} pixels, {img.width}x{img.height}) exceeds limit of "
                 f"{Image.MAX_IMAGE_PIXELS} pixels"
             )
-        if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit greyscale: scale to 8 bits, don't clip
-            img = img.point(lambda v: v / 256).convert("L")
-        return img.convert("RGB")
+        return to_rgb(img)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """``img`` in RGB, whatever its mode (L, P, RGBA, CMYK, 16-bit greyscale scaled to 8 bits, not clipped)."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        img = img.point(lambda v: v / 256).convert("L")
+    return img.convert("RGB")
 
 
 def presize(img: Image.Image, size: int, position: tuple[float, float]) -> Image.Image:

@@ -1,0 +1,178 @@
+"""Predictor: a checkpoint's model on any image, through the data module's own validation path.
+
+    predictor = Predictor.from_checkpoint("run/checkpoints/last.ckpt")
+    for p in predictor(["cat.jpg", pil_image, uint8_tensor], top_k=3):
+        print(p.top[0].name, p.top[0].probability)
+
+An image is presized exactly as a validation image is (``PresizedImages``: decode to RGB, short side to
+``presize``, centre crop), then batched through the data module's ``val_transform`` (resize to ``val_size``,
+normalize) and the network; with ``tta`` through the existing ``TTAPredictor`` views instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms.functional import pil_to_tensor, to_pil_image
+
+from imagenette_sota.callbacks.tta import Mode, TTAPredictor
+from imagenette_sota.data import ImagenetteDataModule
+from imagenette_sota.dataset import BadImageError, PresizedImages, presize, to_rgb
+from imagenette_sota.trained import Trained, load
+
+ImageInput = str | Path | Image.Image | Tensor | np.ndarray
+
+
+class Guess(NamedTuple):
+    """One of the top-k answers for an image."""
+
+    class_id: str
+    name: str
+    probability: float
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The top-k answers for one image and its full probability vector (in class order)."""
+
+    top: list[Guess]
+    probs: Tensor
+
+
+class _Files(Dataset):
+    """``(index, presized uint8 image)`` or ``(index, reason)`` for each file: a bad file does not stop a run."""
+
+    def __init__(self, paths: Sequence[Path], size: int) -> None:
+        self.images = PresizedImages([(Path(p), 0) for p in paths], size, train=False)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[int, Tensor | str]:
+        try:
+            return i, self.images[i][0]
+        except BadImageError as e:  # PIL's reason (truncated, not an image, unreadable), without the dataset's advice
+            return i, f"cannot decode image: {e.__cause__ or e}"
+
+
+def _keep(batch: list[tuple[int, Tensor | str]]) -> list[tuple[int, Tensor | str]]:
+    return batch
+
+
+class Predictor:
+    """A trained network with its data module's validation path: ``predictor(images, top_k)``."""
+
+    def __init__(
+        self,
+        network: nn.Module,
+        data: ImagenetteDataModule,
+        classes: Sequence[str],
+        class_names: Sequence[str],
+        device: str | torch.device | None = None,
+        tta: Mode | None = None,
+    ) -> None:
+        """Args:
+        network: maps normalized images to logits. data: provides ``presize``, ``val_transform`` (and, for TTA,
+        ``train_transform``). classes, class_names: ids and human names in label order.
+        device: where the network runs (None: CUDA if available, else CPU). tta: None, "flip", "five_crop" or
+        "augment" (the existing TTA code with its defaults).
+        """
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.network, self.data = network.to(self.device).eval(), data
+        self.classes, self.class_names = list(classes), list(class_names)
+        self.tta = None if tta is None else TTAPredictor(self.network, data, mode=tta)
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | Path,
+        device: str | torch.device | None = None,
+        tta: Mode | None = None,
+        backbone: Callable[[int], nn.Module] | None = None,
+        **legacy: Any,
+    ) -> Predictor:
+        """The model of a fit's checkpoint (``weights_only``); ``backbone``/``legacy`` only for old checkpoints."""
+        trained: Trained = load(path, backbone, **legacy)
+        return cls(trained.network(), trained.data_module(), trained.classes, trained.class_names, device, tta)
+
+    @property
+    def presize(self) -> int:
+        """Side (px) of the square uint8 images the network's preprocessing takes."""
+        return self.data.presize
+
+    def presized(self, image: ImageInput) -> Tensor:
+        """uint8 (3, presize, presize): the validation set's decode, short side to presize and centre crop."""
+        if isinstance(image, (str, Path)):
+            item = _Files([Path(image)], self.presize)[0][1]
+            if isinstance(item, str):
+                raise BadImageError(item)
+            return item
+        if isinstance(image, np.ndarray):  # numpy: (H, W) or (H, W, C), the image libraries' layout
+            image = torch.from_numpy(np.array(image.transpose(2, 0, 1) if image.ndim == 3 else image))  # copied
+        if isinstance(image, Tensor):  # torch: (H, W) or (C, H, W) with C in 1, 3, 4
+            if image.dtype != torch.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[0] > 4):
+                raise ValueError(
+                    f"an image tensor must be uint8 (H, W) or (C, H, W) with C <= 4, got {image.dtype} "
+                    f"{tuple(image.shape)}: convert it (x.mul(255).byte() for floats in [0, 1])"
+                )
+            image = to_pil_image(image if image.ndim == 3 else image[None])
+        if not isinstance(image, Image.Image):
+            raise TypeError(f"cannot classify a {type(image).__name__}: give a path, a PIL image or a uint8 array")
+        return pil_to_tensor(presize(to_rgb(image), self.presize, (0.5, 0.5)))
+
+    @torch.inference_mode()
+    def probabilities(self, x: Tensor) -> Tensor:
+        """Class probabilities (B, C) of a presized uint8 batch (B, 3, presize, presize)."""
+        x = x.to(self.device, non_blocking=True)
+        if self.tta is not None:
+            return self.tta.predict_step((x, torch.zeros(len(x), dtype=torch.long)), 0)["probs"].float().cpu()
+        return self.network(self.data.val_transform(x)).softmax(1).float().cpu()
+
+    def top(self, probs: Tensor, top_k: int = 5) -> list[Prediction]:
+        """Per row of ``probs`` its ``top_k`` (class id, name, probability) and the row itself."""
+        values, indices = probs.topk(min(top_k, probs.shape[1]), dim=1)  # (B, k) each
+        out = []
+        for row_values, row_indices, row in zip(values.tolist(), indices.tolist(), probs, strict=True):
+            pairs = zip(row_values, row_indices, strict=True)
+            guesses = [Guess(self.classes[i], self.class_names[i], v) for v, i in pairs]
+            out.append(Prediction(guesses, row))
+        return out
+
+    def __call__(
+        self, images: ImageInput | Iterable[ImageInput], top_k: int = 5, batch_size: int = 64
+    ) -> list[Prediction]:
+        """Top-k answers and probabilities per image (paths, PIL images, uint8 tensors or arrays of any size).
+
+        A 4-d tensor or array is a batch of images. An unreadable file raises BadImageError naming it.
+        """
+        if isinstance(images, (str, Path, Image.Image)) or (
+            isinstance(images, (Tensor, np.ndarray)) and images.ndim < 4
+        ):
+            images = [images]
+        items = list(images)
+        out: list[Prediction] = []
+        for start in range(0, len(items), batch_size):
+            x = torch.stack([self.presized(image) for image in items[start : start + batch_size]])
+            out += self.top(self.probabilities(x), top_k)
+        return out
+
+    def classify_files(
+        self, paths: Sequence[str | Path], top_k: int = 5, batch_size: int = 64, num_workers: int = 0
+    ) -> Iterator[tuple[Path, Prediction | str]]:
+        """(path, prediction) per file in order, or (path, why it could not be read); decoding in ``num_workers``."""
+        paths = [Path(p) for p in paths]
+        loader = DataLoader(_Files(paths, self.presize), batch_size, num_workers=num_workers, collate_fn=_keep)
+        for batch in loader:
+            good = [(i, x) for i, x in batch if isinstance(x, Tensor)]
+            answers = self.top(self.probabilities(torch.stack([x for _, x in good])), top_k) if good else []
+            predictions = dict(zip([i for i, _ in good], answers, strict=True))
+            for i, x in batch:
+                yield paths[i], predictions.get(i, x)
