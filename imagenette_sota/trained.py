@@ -65,11 +65,12 @@ class Trained:
         """Square side (px) each image is cropped and resized to before the validation transform."""
         return int(self.data_state["presize"])
 
-    def network(self) -> nn.Module:
-        """The trained backbone in eval mode, on the CPU."""
+    def network(self, channels_last: bool | None = None) -> nn.Module:
+        """The trained backbone in eval mode, on the CPU; NHWC as trained unless ``channels_last`` says otherwise."""
         net = self.backbone(len(self.classes))
         net.load_state_dict(self.weights)
-        return (ChannelsLast(net) if self.channels_last else net).eval()
+        nhwc = self.channels_last if channels_last is None else channels_last
+        return (ChannelsLast(net) if nhwc else net).eval()
 
     def data_module(self) -> ImagenetteDataModule:
         """The fit's data module restored for its validation path (``presize`` + ``val_transform``) and TTA."""
