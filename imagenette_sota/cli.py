@@ -34,6 +34,7 @@ from imagenette_sota.callbacks.scalars import TrainScalars
 from imagenette_sota.callbacks.tta import TTASettings
 from imagenette_sota.callbacks.tta import tta as test_time_augmentation
 from imagenette_sota.checkpoint_io import check_ckpt_path
+from imagenette_sota.commands import COMMANDS
 from imagenette_sota.data import ImagenetteDataModule
 from imagenette_sota.module import ImagenetteClassifier, check_checkpoint
 from imagenette_sota.schedule import Cycle, FineTune
@@ -182,5 +183,8 @@ def cli(args: list[str] | None = None) -> ImagenetteCLI:
 
 
 def main(args: list[str] | None = None) -> None:
-    """Entry point of ``imagenette-sota`` and ``python -m imagenette_sota``."""
+    """Entry point of ``imagenette-sota`` and ``python -m imagenette_sota``; classify/export/serve: commands.py."""
+    args = sys.argv[1:] if args is None else args
+    if args and args[0] in COMMANDS:
+        raise SystemExit(COMMANDS[args[0]](args[1:]))
     cli(args)

@@ -11,10 +11,11 @@ normalize) and the network; with ``tta`` through the existing ``TTAPredictor`` v
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, BinaryIO, NamedTuple
 
 import numpy as np
 import torch
@@ -28,7 +29,7 @@ from imagenette_sota.data import ImagenetteDataModule
 from imagenette_sota.dataset import BadImageError, PresizedImages, presize, to_rgb
 from imagenette_sota.trained import Trained, load
 
-ImageInput = str | Path | Image.Image | Tensor | np.ndarray
+ImageInput = str | Path | bytes | BinaryIO | Image.Image | Tensor | np.ndarray
 
 
 class Guess(NamedTuple):
@@ -50,8 +51,8 @@ class Prediction:
 class _Files(Dataset):
     """``(index, presized uint8 image)`` or ``(index, reason)`` for each file: a bad file does not stop a run."""
 
-    def __init__(self, paths: Sequence[Path], size: int) -> None:
-        self.images = PresizedImages([(Path(p), 0) for p in paths], size, train=False)
+    def __init__(self, files: Sequence[str | Path | BinaryIO], size: int) -> None:
+        self.images = PresizedImages([(Path(f) if isinstance(f, str) else f, 0) for f in files], size, train=False)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -109,9 +110,14 @@ class Predictor:
         return self.data.presize
 
     def presized(self, image: ImageInput) -> Tensor:
-        """uint8 (3, presize, presize): the validation set's decode, short side to presize and centre crop."""
-        if isinstance(image, (str, Path)):
-            item = _Files([Path(image)], self.presize)[0][1]
+        """uint8 (3, presize, presize): the validation set's decode, short side to presize and centre crop.
+
+        Files (paths, bytes, binary file objects) decode as the dataset decodes them (JPEGs DCT-scaled).
+        """
+        if isinstance(image, bytes):  # an encoded file's bytes (an upload)
+            image = io.BytesIO(image)
+        if isinstance(image, (str, Path, io.IOBase)):
+            item = _Files([image], self.presize)[0][1]
             if isinstance(item, str):
                 raise BadImageError(item)
             return item
@@ -153,7 +159,7 @@ class Predictor:
 
         A 4-d tensor or array is a batch of images. An unreadable file raises BadImageError naming it.
         """
-        if isinstance(images, (str, Path, Image.Image)) or (
+        if isinstance(images, (str, Path, bytes, io.IOBase, Image.Image)) or (
             isinstance(images, (Tensor, np.ndarray)) and images.ndim < 4
         ):
             images = [images]
