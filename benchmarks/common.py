@@ -17,6 +17,7 @@ FULL_ARCHIVE = SHARED_DATA / "imagenette2-160.tgz"
 FULL_MD5 = "a335af0f5540a0fcdaca27d122aebf4a"  # the repacked local copy (../shared/data/README.md)
 MINI_ARCHIVE = SHARED_DATA / "imagenette2-160-mini.tgz"  # 20 train + 10 val images per class
 MINI_MD5 = "ccd053d1de8a33be1698e43ec9141c1b"
+PHOTOS_ARCHIVE = SHARED_DATA / "imagenet-samples-fullsize.tgz"  # 10 full-size photos, imagenet-samples/<wnid>/
 
 
 def imagenette160(mini: bool = False) -> Path:

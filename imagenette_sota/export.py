@@ -65,10 +65,10 @@ def export(checkpoint: str | Path, out: str | Path, **options: Any) -> list[Path
     example = torch.randint(0, 256, (2, 3, trained.presize, trained.presize), dtype=torch.uint8)
     shapes = ({0: torch.export.Dim("batch", min=1, max=MAX_BATCH)},)
     meta = metadata(trained)
+    program = torch.export.export(model, (example,), dynamic_shapes=shapes)  # traced once, written in both formats
     written = []
     for path in targets(out):
         if path.suffix == ".pt2":
-            program = torch.export.export(model, (example,), dynamic_shapes=shapes)
             with replacing(path) as tmp:
                 torch.export.save(program, tmp)
             json_path = path.with_suffix(".json")
@@ -76,26 +76,20 @@ def export(checkpoint: str | Path, out: str | Path, **options: Any) -> list[Path
                 tmp.write_text(json.dumps(meta, indent=1) + "\n")
             written += [path, json_path]
         else:
-            written.append(_onnx(model, example, shapes, meta, path))
+            written.append(_onnx(program, meta, path))
     return written
 
 
-def _onnx(model: nn.Module, example: Tensor, shapes: tuple, meta: dict[str, Any], path: Path) -> Path:
+def _onnx(program: torch.export.ExportedProgram, meta: dict[str, Any], path: Path) -> Path:
     """ONNX through torch.onnx's exporter, ``meta`` as string metadata (lists as JSON)."""
     try:
         import onnxscript  # noqa: F401 (torch.onnx's exporter needs it)
     except ImportError as e:
         raise ImportError(f"ONNX export needs onnx and onnxscript: pip install 'imagenette-sota[export]' ({e})") from e
-    program = torch.onnx.export(
-        model,
-        (example,),
-        dynamo=True,
-        dynamic_shapes=shapes,
-        input_names=["images"],
-        output_names=["probabilities"],
-        verbose=False,
+    onnx_program = torch.onnx.export(
+        program, dynamo=True, input_names=["images"], output_names=["probabilities"], verbose=False
     )
-    program.model.metadata_props.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()})
+    onnx_program.model.metadata_props.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()})
     with replacing(path) as tmp:
-        program.save(tmp)
+        onnx_program.save(tmp)
     return path

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 # The archives beside the repository (../shared/data; IMAGENETTE_SHARED_DATA overrides) and their checksums.
-from benchmarks.common import FULL_ARCHIVE, FULL_MD5, MINI_ARCHIVE, MINI_MD5, SHARED_DATA  # noqa: F401
+from benchmarks.common import FULL_ARCHIVE, FULL_MD5, MINI_ARCHIVE, MINI_MD5, PHOTOS_ARCHIVE, SHARED_DATA  # noqa: F401
 
 
 @pytest.fixture(scope="session")
@@ -43,3 +43,22 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """The 10 full-size ImageNet photos (one per Imagenette class, one grayscale), sorted by class."""
+    if not PHOTOS_ARCHIVE.is_file():
+        pytest.fail(f"{PHOTOS_ARCHIVE} is missing: set IMAGENETTE_SHARED_DATA to the folder holding it")
+    root = tmp_path_factory.mktemp("photos")
+    with tarfile.open(PHOTOS_ARCHIVE) as tar:
+        tar.extractall(root, filter="data")
+    return sorted((root / "imagenet-samples").glob("*/*.JPEG"))
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(mini_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real checkpoint of a few xresnet18 steps on the mini archive (presize 64, 32 px), shared by the session."""
+    from benchmarks.common import tiny_checkpoint
+
+    return tiny_checkpoint(mini_dir, tmp_path_factory.mktemp("tiny") / "tiny.ckpt", steps=6)

@@ -1,0 +1,157 @@
+"""Predictor and checkpoints for inference: a fit's checkpoint alone classifies any image as validation does."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+from torchvision.datasets import Imagenette
+
+from imagenette_sota.cli import cli
+from imagenette_sota.data import ImagenetteDataModule
+from imagenette_sota.dataset import BadImageError
+from imagenette_sota.models import xresnet18
+from imagenette_sota.module import ImagenetteClassifier
+from imagenette_sota.predict import Predictor
+from imagenette_sota.trained import DATA_KEY, CheckpointError, load
+
+NEW_KEYS = ("presize", "classes", "class_names", "normalize", "augment")  # what older checkpoints lack
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_ckpt: Path) -> Predictor:
+    return Predictor.from_checkpoint(tiny_ckpt, device="cpu")
+
+
+def test_checkpoint_carries_what_inference_needs(tiny_ckpt: Path, mini_dir: Path, tmp_path: Path) -> None:
+    saved = torch.load(tiny_ckpt, map_location="cpu", weights_only=True)
+    assert saved["backbone"] == "imagenette_sota.models.xresnet.xresnet18"
+    state = saved[DATA_KEY]
+    wnids = sorted(p.name for p in (mini_dir / "train").iterdir())
+    assert state["classes"] == wnids
+    assert state["class_names"] == [Imagenette._WNID_TO_CLASS[w][0] for w in wnids]  # torchvision's names
+    assert (state["presize"], state["train_size"], state["normalize"]) == (64, 32, "imagenet")
+    # Loading needs no dataset folder and no config: the checkpoint alone, copied elsewhere.
+    alone = tmp_path / "elsewhere.ckpt"
+    shutil.copy(tiny_ckpt, alone)
+    trained = load(alone)
+    assert trained.backbone is xresnet18 and trained.presize == 64 and list(trained.classes) == wnids
+
+
+def test_predictor_matches_validate_on_the_val_folder(tiny_ckpt: Path, mini_dir: Path, predictor: Predictor) -> None:
+    args = ["validate", "--model.backbone", "imagenette_sota.models.xresnet18", "--data.root", str(mini_dir)]
+    args += ["--data.presize", "64", "--data.train_size", "32", "--data.num_workers", "0", "--ckpt_path", str(tiny_ckpt)]
+    args += ["--trainer.logger", "false", "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false"]
+    validated = cli(args).trainer.callback_metrics["val/acc"].item()
+
+    files = sorted((mini_dir / "val").glob("*/*"))
+    labels = torch.tensor([predictor.classes.index(f.parent.name) for f in files])
+    ours = predictor(files, top_k=1)
+    probs = torch.stack([p.probs for p in ours])
+    assert (probs.argmax(1) == labels).float().mean().item() == pytest.approx(validated, abs=1e-6)
+    # Per image, the probabilities of Lightning's own predict loop over the data module's val loader.
+    dm = ImagenetteDataModule(root=mini_dir, presize=64, train_size=32, num_workers=0)
+    model = ImagenetteClassifier.load_from_checkpoint(tiny_ckpt, backbone=xresnet18, weights_only=True)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    lightning = torch.cat(trainer.predict(model, dm, ckpt_path=tiny_ckpt, weights_only=True))
+    torch.testing.assert_close(probs, lightning, atol=1e-5, rtol=0)
+    assert [p.top[0].name for p in ours] == [predictor.class_names[i] for i in lightning.argmax(1)]
+
+
+def test_any_input_is_the_same_image(predictor: Predictor, photos: list[Path], tmp_path: Path) -> None:
+    photo = Image.open(photos[0]).convert("RGB")
+    want = predictor.presized(photo)
+    assert want.dtype == torch.uint8 and want.shape == (3, 64, 64)
+    photo.save(tmp_path / "x.png")
+    photo.save(tmp_path / "x.webp", lossless=True)
+    rgba = photo.copy()
+    rgba.putalpha(Image.linear_gradient("L").resize(photo.size))  # a real alpha channel: dropped, like training
+    same = [
+        tmp_path / "x.png",
+        str(tmp_path / "x.webp"),
+        (tmp_path / "x.png").read_bytes(),
+        rgba,
+        np.asarray(photo),  # (H, W, 3)
+        torch.from_numpy(np.asarray(photo).copy()).permute(2, 0, 1),  # (3, H, W)
+    ]
+    for image in same:
+        assert torch.equal(predictor.presized(image), want), type(image)
+    # CMYK round trip: within one level. 16-bit greyscale: scaled, not clipped, equal to its 8-bit version +- 1.
+    assert (predictor.presized(photo.convert("CMYK")).int() - want.int()).abs().max() <= 1
+    grey = Image.open(next(p for p in photos if "garbage_truck" in p.name))
+    assert grey.mode == "L"
+    Image.fromarray(np.asarray(grey).astype(np.uint16) * 257).save(tmp_path / "grey16.png")
+    assert Image.open(tmp_path / "grey16.png").mode.startswith("I")
+    eight = predictor.presized(grey)
+    assert (predictor.presized(tmp_path / "grey16.png").int() - eight.int()).abs().max() <= 1
+    assert torch.equal(eight[0], eight[2])  # grey becomes three equal channels
+    # A batch tensor is a batch; answers carry top-k ids, names and the full distribution.
+    batch = torch.stack([want, eight])
+    answers = predictor(batch, top_k=3)
+    assert len(answers) == 2 and [len(a.top) for a in answers] == [3, 3]
+    assert answers[0].probs.sum().item() == pytest.approx(1, abs=1e-5)
+    assert answers[0].top[0].probability == answers[0].probs.max().item()
+    assert answers[0].top[0].name == predictor.class_names[predictor.classes.index(answers[0].top[0].class_id)]
+    with pytest.raises(ValueError, match="must be uint8"):
+        predictor.presized(torch.rand(3, 8, 8))
+
+
+def test_bad_file_is_named(predictor: Predictor, tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("not an image")
+    with pytest.raises(BadImageError, match="notes.txt"):
+        predictor([tmp_path / "notes.txt"])
+
+
+def test_tta_goes_through_the_tta_code(tiny_ckpt: Path, predictor: Predictor, photos: list[Path]) -> None:
+    x = torch.stack([predictor.presized(p) for p in photos[:4]])
+    flip = Predictor.from_checkpoint(tiny_ckpt, device="cpu", tta="flip")
+    # fastai's TTA with beta 0.25: 0.25 * centre view + 0.75 * the mirrored view.
+    want = torch.lerp(predictor.probabilities(x.flip(-1)), predictor.probabilities(x), 0.25)
+    torch.testing.assert_close(flip.probabilities(x), want, atol=1e-6, rtol=0)
+    five = Predictor.from_checkpoint(tiny_ckpt, device="cpu", tta="five_crop").probabilities(x)
+    augment = Predictor.from_checkpoint(tiny_ckpt, device="cpu", tta="augment").probabilities(x)
+    for probs in (five, augment):
+        assert probs.shape == (4, 10) and not torch.allclose(probs, predictor.probabilities(x))
+
+
+def _old(tiny_ckpt: Path, folder: Path) -> Path:
+    """The checkpoint as written before it carried the inference settings."""
+    saved = torch.load(tiny_ckpt, map_location="cpu", weights_only=True)
+    del saved["backbone"]
+    saved[DATA_KEY] = {k: v for k, v in saved[DATA_KEY].items() if k not in NEW_KEYS}
+    folder.mkdir(parents=True)
+    torch.save(saved, folder / "old.ckpt")
+    return folder / "old.ckpt"
+
+
+def test_old_checkpoints_load_or_name_the_options(tiny_ckpt: Path, predictor: Predictor, tmp_path: Path) -> None:
+    old = _old(tiny_ckpt, tmp_path / "bare")
+    with pytest.raises(CheckpointError, match=r"--presize <value> --normalize <value> --dataset <value>"):
+        Predictor.from_checkpoint(old)
+    x = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    given = Predictor.from_checkpoint(old, presize=64, normalize="imagenet", dataset="imagenette2-160")
+    torch.testing.assert_close(given.probabilities(x), predictor.probabilities(x), atol=0, rtol=0)
+    assert given.class_names == predictor.class_names
+    # Written by the CLI: <run>/config.yaml beside <run>/checkpoints/ holds the rest; the backbone from its shapes.
+    run = tmp_path / "run"
+    cli_old = _old(tiny_ckpt, run / "checkpoints")
+    config = {"data": {"dataset": "imagenette2-160", "presize": 64, "normalize": "imagenet", "root": "nowhere"}}
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    derived = Predictor.from_checkpoint(cli_old)
+    torch.testing.assert_close(derived.probabilities(x), predictor.probabilities(x), atol=0, rtol=0)
+    assert derived.classes == predictor.classes
+
+
+def test_not_a_checkpoint_is_named(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("hello")
+    torch.save({"weights": torch.zeros(1)}, tmp_path / "plain.pt")
+    for path, reason in (("missing.ckpt", "does not exist"), ("notes.txt", "not a checkpoint"), ("plain.pt", "no")):
+        with pytest.raises(CheckpointError, match=reason) as e:
+            load(tmp_path / path)
+        assert path in str(e.value)
