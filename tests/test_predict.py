@@ -46,7 +46,16 @@ def test_checkpoint_carries_what_inference_needs(tiny_ckpt: Path, mini_dir: Path
 
 def test_predictor_matches_validate_on_the_val_folder(tiny_ckpt: Path, mini_dir: Path, predictor: Predictor) -> None:
     args = ["validate", "--model.backbone", "imagenette_sota.models.xresnet18", "--data.root", str(mini_dir)]
-    args += ["--data.presize", "64", "--data.train_size", "32", "--data.num_workers", "0", "--ckpt_path", str(tiny_ckpt)]
+    args += [
+        "--data.presize",
+        "64",
+        "--data.train_size",
+        "32",
+        "--data.num_workers",
+        "0",
+        "--ckpt_path",
+        str(tiny_ckpt),
+    ]
     args += ["--trainer.logger", "false", "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false"]
     validated = cli(args).trainer.callback_metrics["val/acc"].item()
 
