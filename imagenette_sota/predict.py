@@ -24,9 +24,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.functional import pil_to_tensor, to_pil_image
 
-from imagenette_sota.callbacks.tta import Mode, TTAPredictor
+from imagenette_sota.callbacks.tta import Mode, TTAPredictor, TTASettings
 from imagenette_sota.data import ImagenetteDataModule
-from imagenette_sota.dataset import BadImageError, PresizedImages, presize, to_rgb
+from imagenette_sota.data.dataset import BadImageError, PresizedImages, presize, to_rgb
 from imagenette_sota.trained import Trained, load
 
 ImageInput = str | Path | bytes | BinaryIO | Image.Image | Tensor | np.ndarray
@@ -78,25 +78,26 @@ class Predictor:
         classes: Sequence[str],
         class_names: Sequence[str],
         device: str | torch.device | None = None,
-        tta: Mode | None = None,
+        tta: Mode | TTASettings | None = None,
     ) -> None:
         """Args:
         network: maps normalized images to logits. data: provides ``presize``, ``val_transform`` (and, for TTA,
         ``train_transform``). classes, class_names: ids and human names in label order.
         device: where the network runs (None: CUDA if available, else CPU). tta: None, "flip", "five_crop" or
-        "augment" (the existing TTA code with its defaults).
+        "augment" (the TTA code with fastai's defaults), or TTASettings.
         """
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.network, self.data = network.to(self.device).eval(), data
         self.classes, self.class_names = list(classes), list(class_names)
-        self.tta = None if tta is None else TTAPredictor(self.network, data, mode=tta)
+        settings = TTASettings(mode=tta) if isinstance(tta, str) else tta
+        self.tta = None if settings is None else TTAPredictor(self.network, data, settings)
 
     @classmethod
     def from_checkpoint(
         cls,
         path: str | Path,
         device: str | torch.device | None = None,
-        tta: Mode | None = None,
+        tta: Mode | TTASettings | None = None,
         backbone: Callable[[int], nn.Module] | None = None,
         **legacy: Any,
     ) -> Predictor:

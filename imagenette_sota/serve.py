@@ -23,7 +23,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from imagenette_sota.callbacks.tta import Mode
-from imagenette_sota.dataset import BadImageError
+from imagenette_sota.data.dataset import BadImageError
 from imagenette_sota.predict import Prediction, Predictor
 from imagenette_sota.trained import LEGACY_OPTIONS, load
 

@@ -22,8 +22,9 @@ import yaml
 from torch import nn
 
 from imagenette_sota import models
-from imagenette_sota.augment import IMAGENET_MEAN, IMAGENET_STD, Augment
 from imagenette_sota.data import ImagenetteDataModule
+from imagenette_sota.data.augment import Augment
+from imagenette_sota.data.normalization import IMAGENET_MEAN, IMAGENET_STD
 from imagenette_sota.module import check_checkpoint
 
 DATA_KEY = ImagenetteDataModule.__qualname__  # Lightning stores the data module's state under its class name

@@ -15,7 +15,7 @@ from torchvision.datasets import Imagenette
 
 from imagenette_sota.cli import cli
 from imagenette_sota.data import ImagenetteDataModule
-from imagenette_sota.dataset import BadImageError
+from imagenette_sota.data.dataset import BadImageError
 from imagenette_sota.models import xresnet18
 from imagenette_sota.module import ImagenetteClassifier
 from imagenette_sota.predict import Predictor
