@@ -14,7 +14,7 @@ DATA_ARGS := $(if $(DATA_URL),--data.url $(DATA_URL)) $(if $(DATA_MD5),--data.md
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
-install: $(VENV)/.installed  ## create .venv with the pinned local torch and the suite (editable, dev extras)
+install: $(VENV)/.installed  ## create .venv with the pinned local torch and the suite (editable; dev, export, serve extras)
 
 # torch/torchvision are pinned here, not in pyproject: these machines hold exactly these builds locally.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
@@ -22,14 +22,14 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet $(TORCH_PINS)
-	$(BIN)/pip install --quiet -e '.[dev]' $(TORCH_PINS)
+	$(BIN)/pip install --quiet -e '.[dev,export,serve]' $(TORCH_PINS)
 	touch $@
 
 install-bench: $(VENV)/.installed-bench  ## add fastai (the test and benchmark peer; the package never imports it)
 
 # The pins again, so resolving fastai's requirements can never replace the local torch.
 $(VENV)/.installed-bench: $(VENV)/.installed
-	$(BIN)/pip install --quiet -e '.[dev,bench]' $(TORCH_PINS)
+	$(BIN)/pip install --quiet -e '.[dev,export,serve,bench]' $(TORCH_PINS)
 	touch $@
 
 test: install-bench  ## lint, then the whole test suite with fastai as the peer (CPU, real images from ../shared/data)
