@@ -11,6 +11,7 @@ import csv
 import glob
 import importlib
 import json
+import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -46,7 +47,10 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
     options: dict[str, Any] = {k: getattr(args, k) for k in LEGACY_OPTIONS if getattr(args, k) is not None}
     if args.backbone:
         module, _, name = args.backbone.rpartition(".")
-        options["backbone"] = getattr(importlib.import_module(module), name)
+        try:
+            options["backbone"] = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError, ValueError) as e:
+            raise CheckpointError(f"--backbone {args.backbone}: cannot import it ({e}): give module.function") from None
     return options
 
 
@@ -129,7 +133,7 @@ def classify(argv: list[str]) -> int:
     p.add_argument("--top_k", type=int, default=5)
     p.add_argument("--tta", choices=TTA_MODES, help="test-time augmentation (default: none)")
     p.add_argument("--batch_size", type=int, default=64)
-    p.add_argument("--num_workers", type=int, default=0, help="decoding processes")
+    p.add_argument("--num_workers", type=int, help="decoding processes (default: one per core for many files)")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: CUDA if available)")
     p.add_argument("--output", type=Path, help="F.csv or F.jsonl (default: a table on stdout)")
     args = p.parse_args(argv)
@@ -151,7 +155,10 @@ def classify(argv: list[str]) -> int:
             counts["failed" if isinstance(result, str) else "classified"] += 1
             yield path, result
 
-    results = predictor.classify_files(files, args.top_k, args.batch_size, args.num_workers)
+    workers = args.num_workers
+    if workers is None:  # starting worker processes pays off from a few batches on
+        workers = min(os.cpu_count() or 1, 8) if len(files) > 4 * args.batch_size else 0
+    results = predictor.classify_files(files, args.top_k, args.batch_size, workers)
     bar = tqdm(results, total=len(files), unit="img", disable=len(files) < PROGRESS_FROM or None, file=sys.stderr)
     _write(_rows(counted(bar), args.top_k), args.output, args.top_k)
     where = f"; written to {args.output}" if args.output else ""

@@ -119,7 +119,8 @@ def load(path: str | Path, backbone: Callable[[int], nn.Module] | None = None, *
     hparams = checkpoint.get("hyper_parameters", {})
     num_classes = int(hparams.get("num_classes", len(weights[_last_bias(weights)])))
     build = backbone or _backbone(checkpoint.get("backbone"), weights, num_classes, str(path))
-    check_checkpoint(build(num_classes), {"state_dict": weights}, str(path))
+    with torch.device("meta"):  # shapes only: the real network is built by Trained.network()
+        check_checkpoint(build(num_classes), {"state_dict": weights}, str(path))
     state = _data_state(checkpoint.get(DATA_KEY, {}), Path(path), num_classes, legacy)
     return Trained(
         source=str(path),
