@@ -64,8 +64,14 @@ class _Files(Dataset):
             return i, f"cannot decode image: {e.__cause__ or e}"
 
 
-def _keep(batch: list[tuple[int, Tensor | str]]) -> list[tuple[int, Tensor | str]]:
-    return batch
+def _stack_good(batch: list[tuple[int, Tensor | str]]) -> tuple[list[int], Tensor | None, dict[int, str]]:
+    """(indices of the decoded files, their images stacked, index -> reason for the others), in the worker.
+
+    One stacked tensor per batch crosses from a worker process (one shared-memory block, not one per image).
+    """
+    good = [(i, x) for i, x in batch if isinstance(x, Tensor)]
+    images = torch.stack([x for _, x in good]) if good else None
+    return [i for i, _ in good], images, {i: x for i, x in batch if isinstance(x, str)}
 
 
 class Predictor:
@@ -176,10 +182,11 @@ class Predictor:
     ) -> Iterator[tuple[Path, Prediction | str]]:
         """(path, prediction) per file in order, or (path, why it could not be read); decoding in ``num_workers``."""
         paths = [Path(p) for p in paths]
-        loader = DataLoader(_Files(paths, self.presize), batch_size, num_workers=num_workers, collate_fn=_keep)
-        for batch in loader:
-            good = [(i, x) for i, x in batch if isinstance(x, Tensor)]
-            answers = self.top(self.probabilities(torch.stack([x for _, x in good])), top_k) if good else []
-            predictions = dict(zip([i for i, _ in good], answers, strict=True))
-            for i, x in batch:
-                yield paths[i], predictions.get(i, x)
+        loader = DataLoader(_Files(paths, self.presize), batch_size, num_workers=num_workers, collate_fn=_stack_good)
+        start = 0
+        for good, images, failed in loader:
+            answers = self.top(self.probabilities(images), top_k) if images is not None else []
+            results: dict[int, Prediction | str] = {**dict(zip(good, answers, strict=True)), **failed}
+            for i in range(start, start + len(results)):
+                yield paths[i], results[i]
+            start += len(results)
