@@ -44,8 +44,18 @@ def test_checkpoint_carries_what_inference_needs(tiny_ckpt: Path, mini_dir: Path
     assert trained.backbone is xresnet18 and trained.presize == 64 and list(trained.classes) == wnids
 
 
-def test_predictor_matches_validate_on_the_val_folder(tiny_ckpt: Path, mini_dir: Path, predictor: Predictor) -> None:
-    args = ["validate", "--model.backbone", "imagenette_sota.models.xresnet18", "--data.root", str(mini_dir)]
+def test_predictor_matches_validate_on_the_val_folder(
+    tiny_ckpt: Path, mini_dir: Path, predictor: Predictor, tmp_path: Path
+) -> None:
+    args = [
+        "validate",
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        "--model.backbone",
+        "imagenette_sota.models.xresnet18",
+        "--data.root",
+        str(mini_dir),
+    ]
     args += [
         "--data.presize",
         "64",
