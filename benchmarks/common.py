@@ -101,7 +101,7 @@ def tiny_checkpoint(
 
     L.seed_everything(0, verbose=False)
     dm = ImagenetteDataModule(root=data_dir, presize=presize, train_size=size, batch_size=batch_size, num_workers=0)
-    model = ImagenetteClassifier(backbone=xresnet18, num_classes=dm.num_classes, lr=3e-3)
+    model = ImagenetteClassifier(backbone=xresnet18, num_classes=dm.num_classes)
     trainer = L.Trainer(
         accelerator="cpu",
         max_steps=steps,
