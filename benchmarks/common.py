@@ -9,6 +9,10 @@ import resource
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import lightning as L
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("IMAGENETTE_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -28,6 +32,20 @@ def imagenette160(mini: bool = False) -> Path:
     dm = ImagenetteDataModule(root=DATA_ROOT, url=str(archive), md5=md5)
     dm.prepare_data()
     return dm.data_dir
+
+
+def quiet_trainer(**settings: Any) -> L.Trainer:
+    """A Trainer that writes and prints nothing and runs no sanity check; ``settings`` add to or override that."""
+    import lightning as L  # imported late: gpu.sh installs it on a device machine only if missing
+
+    quiet = {
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "num_sanity_val_steps": 0,
+    }
+    return L.Trainer(**{**quiet, **settings})
 
 
 def images_per_second(batches: Iterable, consume: Callable[[object], int], warmup: int = 2) -> float:

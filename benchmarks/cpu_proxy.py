@@ -24,7 +24,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import fastai_dataloaders, imagenette160, peak_rss_gib, report
+from benchmarks.common import fastai_dataloaders, imagenette160, peak_rss_gib, quiet_trainer, report
 from imagenette_sota import models
 from imagenette_sota.callbacks import ProgressiveResize, Ramp, TTASettings, tta
 from imagenette_sota.data import ImagenetteDataModule
@@ -138,14 +138,9 @@ def ours(data_dir, args: argparse.Namespace) -> tuple[dict, ImagenetteClassifier
     callbacks: list[L.Callback] = [clock]
     if args.ramp:
         callbacks.append(ProgressiveResize(ramp=ramp(args)))
-    trainer = L.Trainer(
+    trainer = quiet_trainer(
         accelerator="cpu",
         max_epochs=args.epochs,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
         limit_train_batches=args.limit_batches,
         limit_val_batches=args.limit_batches,
         callbacks=callbacks,
@@ -160,7 +155,7 @@ def ours(data_dir, args: argparse.Namespace) -> tuple[dict, ImagenetteClassifier
 
 def ours_tta(model: ImagenetteClassifier, dm: ImagenetteDataModule, args: argparse.Namespace) -> dict[str, float]:
     """On the trained weights: plain accuracy at a few validation sizes, then each TTA mode; all timed."""
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = quiet_trainer(accelerator="cpu")
     figures: dict[str, float] = {}
     for val_size in sorted({args.size, round(args.size * 1.125), round(args.size * 1.25), args.val_size or args.size}):
         dm.val_size = val_size

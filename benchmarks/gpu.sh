@@ -2,12 +2,12 @@
 # One prepared run on a lent GPU machine (no network there), under a hard time limit.
 #
 #   make gpu-data                      # here, once: .gpu-data/ = WebP archive + 300 JPEGs + wheels (~56 MB)
-#   bash benchmarks/gpu.sh [gpu.py options]   # there, from the repository root, with .gpu-data carried
+#   bash benchmarks/gpu.sh [benchmarks.gpu options]   # there, from the repository root, with .gpu-data carried
 #
 # Installs from .gpu-data/wheels only what is not installed (pip --no-index --no-deps --target /tmp/gpu-site),
-# puts the repository on PYTHONPATH (no build step), runs benchmarks/gpu.py under `timeout` and writes everything
+# puts the repository on PYTHONPATH (no build step), runs benchmarks/gpu/ (python -m benchmarks.gpu) under `timeout` and writes everything
 # under $OUT (default benchmarks/out/gpu): gpu.log (all output), gpu.json (the figures so far, rewritten after
-# each section), env.txt (nvidia-smi, versions, installs). LIMIT_S (default 450) caps the whole script; gpu.py
+# each section), env.txt (nvidia-smi, versions, installs). LIMIT_S (default 450) caps the whole script; benchmarks.gpu
 # plans its sections for what is left minus 40 s. Device tool: run("bash benchmarks/gpu.sh", carry=[".gpu-data"]).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -40,11 +40,11 @@ fi
 $PY -m pip list 2>/dev/null | grep -iE '^(torch|torchvision|lightning|torchmetrics|fast|pillow|numpy)' >>"$OUT/env.txt"
 
 left=$((LIMIT_S - (SECONDS - START)))
-((left < 60)) && left=60  # a late start still gets a minute (and gpu.py 20 s of budget)
-echo "gpu.sh: $left s left for gpu.py" | tee -a "$OUT/gpu.log"
+((left < 60)) && left=60  # a late start still gets a minute (and benchmarks.gpu 20 s of budget)
+echo "gpu.sh: $left s left for benchmarks.gpu" | tee -a "$OUT/gpu.log"
 timeout -k 10 "$left" $PY -m benchmarks.gpu --out "$OUT" --budget $((left - 40)) "$@" 2>&1 | tee -a "$OUT/gpu.log"
 rc=${PIPESTATUS[0]}
 if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then  # 137: killed 10 s after SIGTERM (Lightning catches SIGTERM)
-  echo "gpu.sh: gpu.py hit the $left s limit; $OUT/gpu.json holds the figures so far" | tee -a "$OUT/gpu.log"
+  echo "gpu.sh: benchmarks.gpu hit the $left s limit; $OUT/gpu.json holds the figures so far" | tee -a "$OUT/gpu.log"
 fi
 exit "$rc"

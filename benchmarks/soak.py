@@ -25,7 +25,7 @@ import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from benchmarks.common import imagenette160, report
+from benchmarks.common import imagenette160, quiet_trainer, report
 from imagenette_sota.callbacks import Inspection, OneCycles, ProgressiveResize, Ramp, TrainScalars, tta
 from imagenette_sota.checkpoint_io import AtomicCheckpointIO
 from imagenette_sota.data import ImagenetteDataModule
@@ -118,11 +118,12 @@ def main() -> None:
     ramp = Ramp(args.min_size, args.max_size, start_epoch=end // 3, end_epoch=end, multiple=16, batch_size=args.bs)
     watch = Watch()
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = L.Trainer(
+        trainer = quiet_trainer(
             accelerator="auto",
             devices=1,
             max_epochs=args.epochs,
             logger=TensorBoardLogger(tmp, name="soak"),
+            enable_checkpointing=True,
             callbacks=[
                 ProgressiveResize(ramp=ramp),
                 OneCycles(),  # the ramp's batch sizes change: the module's cycle timed to them
@@ -133,9 +134,6 @@ def main() -> None:
                 watch,
             ],
             plugins=[AtomicCheckpointIO()],
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            num_sanity_val_steps=0,
         )
         trainer.fit(model, datamodule=dm)
         val_acc = trainer.callback_metrics["val/acc"].item()  # before predict clears the metrics

@@ -15,7 +15,7 @@ import time
 import lightning as L
 import torch
 
-from benchmarks.common import fastai_dataloaders, imagenette160, report
+from benchmarks.common import fastai_dataloaders, imagenette160, quiet_trainer, report
 from imagenette_sota import models
 from imagenette_sota.data import ImagenetteDataModule
 from imagenette_sota.module import ImagenetteClassifier
@@ -44,15 +44,11 @@ def ours(data_dir, arch: str, size: int, args: argparse.Namespace) -> float:
     )
     model = ImagenetteClassifier(backbone=getattr(models, arch), num_classes=10)  # the default cycle: lr 3e-3
     clock = _Clock(args.warmup)
-    trainer = L.Trainer(
+    trainer = quiet_trainer(
         accelerator="auto",
         max_epochs=1,
         limit_train_batches=args.warmup + args.batches,
         limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         callbacks=[clock],
     )
     trainer.fit(model, dm)

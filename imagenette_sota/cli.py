@@ -11,15 +11,9 @@ another architecture or number of classes is refused with the mismatching shapes
 
 from __future__ import annotations
 
-import argparse
-import inspect
-import re
 import sys
-import traceback
-from pathlib import Path
 from typing import Any
 
-import jsonargparse
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor
@@ -37,12 +31,6 @@ from imagenette_sota.checkpoint_io import check_ckpt_path
 from imagenette_sota.commands import COMMANDS
 from imagenette_sota.data import ImagenetteDataModule
 from imagenette_sota.module import ImagenetteClassifier, check_checkpoint
-from imagenette_sota.schedule import Cycle, FineTune
-
-PACKAGE = str(Path(__file__).resolve().parent)
-JSONARGPARSE = str(Path(jsonargparse.__file__).resolve().parent)
-# Config key -> the class configured there (a dataclass's fields are keys below it).
-GROUPS = {"data": L.LightningDataModule, "model": L.LightningModule, "model.cycle": Cycle, "cycles.fine_tune": FineTune}
 
 
 class ImagenetteTrainer(L.Trainer):
@@ -70,8 +58,24 @@ class ImagenetteTrainer(L.Trainer):
         return test_time_augmentation(self, model, datamodule, settings)
 
 
+class ConfigurationError(Exception):
+    """A setting that a class refused, with the message that names its config key (``config_error``)."""
+
+
 class ImagenetteCLI(LightningCLI):
     """LightningCLI with ``num_classes`` taken from the data, TensorBoard monitoring by default and ``tta``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """LightningCLI's; a setting a class refuses (while instantiating or running) raises ConfigurationError."""
+        try:
+            super().__init__(*args, **kwargs)
+        except (ValueError, TypeError, KeyError, OSError, MisconfigurationException) as error:
+            config = getattr(self, "config", None)  # parsed before the classes were made
+            subcommand = config.get("subcommand") if config is not None else None
+            message = config_error(error, config.get(subcommand, config) if config is not None else None)
+            if message is None:
+                raise
+            raise ConfigurationError(message) from error
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
@@ -128,34 +132,29 @@ class ImagenetteCLI(LightningCLI):
             print("final " + "  ".join(f"{k}={v}" for k, v in sorted(metrics.items())))
 
 
-def config_error(error: BaseException) -> str | None:
-    """The message for a setting that a configured class rejected, naming its config key; None for other errors.
+def config_error(error: BaseException, settings: Any = None) -> str | None:
+    """The message for a setting that a class refused, naming its config key; None for other errors (a bug's).
 
-    Rejections are Lightning's ``MisconfigurationException``, jsonargparse's errors and the explicit ``raise``
-    statements of this package (their messages name the parameter and the fix). The key is the parameter under
-    ``data`` or ``model`` when the data module or the model raised, else the argument jsonargparse was building, else
-    the name of the class that raised.
+    Lightning's ``MisconfigurationException`` is a setting's error as it is. Otherwise the key is found in the parsed
+    ``settings`` (the subcommand's jsonargparse Namespace) by the refused value: the classes of this package name it
+    as ``name=value`` in their messages (``presize=0 must be a positive integer``), so the keys whose last part and
+    value read so are it; failing that, the keys whose text value (a path, a URL) the message quotes, the longest.
     """
     if isinstance(error, MisconfigurationException):
         return f"error: {error}"
-    where = traceback.extract_tb(error.__traceback__)[-1]
-    ours = where.filename.startswith(PACKAGE) and (where.line or "").startswith("raise")
-    if not ours and not where.filename.startswith(JSONARGPARSE):
+    if settings is None:
         return None
     message = str(error.args[0]) if error.args else str(error)
-    owners = [frame.f_locals.get("self") for frame, _ in reversed(list(traceback.walk_tb(error.__traceback__)))]
-    for owner in owners:
-        group = next((key for key, cls in GROUPS.items() if isinstance(owner, cls)), None)
-        if group is not None:
-            params = [p for p in inspect.signature(type(owner)).parameters if re.search(rf"\b{p}\b", message)]
-            keys = [f"{group}.{p}" for p in params] or [group]
-            break
-        if isinstance(owner, argparse.Action):
-            keys = [owner.dest]
-            break
-    else:  # another class (a callback, a dataclass): its name
-        owner = next((o for o in owners if o is not None), None)
-        return f"error: {type(owner).__name__}: {message}" if owner is not None else f"error: {message}"
+    leaves = [(k, v) for k, v in settings.items() if isinstance(v, (bool, int, float, str)) and v is not None]
+    keys = [key for key, value in leaves if f"{key.rsplit('.', 1)[-1]}={value!r}" in message]
+    if not keys:
+        quoted = [
+            (key, value) for key, value in leaves if isinstance(value, str) and len(value) > 3 and value in message
+        ]
+        longest = max((len(value) for _, value in quoted), default=0)
+        keys = [key for key, value in quoted if len(value) == longest]
+    if not keys:
+        return None
     fix = f"fix it in the config file or with --{keys[0]} on the command line"
     return f"error: {', '.join(keys)}: {message}\n  {fix}"
 
@@ -174,11 +173,8 @@ def cli(args: list[str] | None = None) -> ImagenetteCLI:
             args=args,
             save_config_kwargs={"overwrite": True},
         )
-    except (ValueError, TypeError, KeyError, FileNotFoundError, ConnectionError, MisconfigurationException) as error:
-        message = config_error(error)
-        if message is None:
-            raise
-        print(message, file=sys.stderr)
+    except ConfigurationError as error:
+        print(error, file=sys.stderr)
         raise SystemExit(2) from None
 
 

@@ -100,7 +100,10 @@ class ImagenetteClassifier(L.LightningModule):
             cutmix_alpha=(cutmix_alpha, ">= 0", cutmix_alpha >= 0),
         )
         if mixup_alpha > 0 and cutmix_alpha > 0:
-            raise ValueError("choose mixup or cutmix, not both: set mixup_alpha or cutmix_alpha to 0")
+            raise ValueError(
+                f"mixup_alpha={mixup_alpha!r} and cutmix_alpha={cutmix_alpha!r}: choose mixup or cutmix, not both "
+                "(set one of them to 0)"
+            )
         self.cycle = Cycle(**cycle) if isinstance(cycle, Mapping) else cycle  # a dict: from a checkpoint's hparams
         # A function is not a hyperparameter one can store sensibly; the CLI's config.yaml records it. The cycle is
         # recorded as a dict (save_hyperparameters reads the arguments' current values): checkpoints load with

@@ -311,7 +311,9 @@ def test_unknown_choices_are_refused_at_construction() -> None:
         ImagenetteDataModule(noisy_labels=3)
     with pytest.raises(ValueError, match="normalize='zscore': choose 'imagenet', 'batch' or 'none'"):
         ImagenetteDataModule(normalize="zscore")
-    with pytest.raises(ValueError, match="unknown dataset 'imagenet': choose one of .*imagenette2-160"):
+    with pytest.raises(
+        ValueError, match="dataset='imagenet' is not an official release: choose one of .*imagenette2-160"
+    ):
         ImagenetteDataModule(dataset="imagenet")
 
 

@@ -97,7 +97,7 @@ def test_num_classes_comes_from_the_data_and_runs_without_a_logger(mini_dir: Pat
         (["--data.no_such_key", "1"], ["--data.no_such_key"]),
         (["--data.augment.min_scale", "0"], ["data.augment", "min_scale=0.0 must be in (0, 1]"]),
         (["--model.mixup_alpha", "0.4", "--model.cutmix_alpha", "1"], ["model.mixup_alpha", "choose mixup or cutmix"]),
-        (["--inspection.top_losses", "-1"], ["Inspection", "top_losses=-1 must be >= 0"]),
+        (["--inspection.top_losses", "-1"], ["inspection.top_losses", "top_losses=-1 must be >= 0"]),
     ],
 )
 def test_configuration_errors_name_the_key_and_the_fix(

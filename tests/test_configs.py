@@ -1,4 +1,4 @@
-"""Every experiment config: a commented recipe stating the chapter's facts, which parses and runs a step."""
+"""Every experiment config: a commented recipe (an overlay on its family's base) stating the facts, parsing, running."""
 
 from __future__ import annotations
 
@@ -27,6 +27,11 @@ LEADERBOARD = {
     "data.batch_size": 64,
     "data.augment.min_scale": 0.35,
 }
+# The base each overlay composes with (--config base.yaml --config overlay.yaml); cpu_quick stands alone.
+BASE = {
+    name: "book" for name in ("baseline", "normalize", "progressive", "mixup", "label_smoothing", "book_random_split")
+}
+BASE |= {f"leaderboard_128_{epochs}": "leaderboard" for epochs in (5, 20, 80)}
 # What each recipe must say (dotted keys of the parsed configuration).
 FACTS: dict[str, dict[str, Any]] = {
     "baseline": {
@@ -75,7 +80,30 @@ def lookup(config: Any, key: str) -> Any:
 
 
 def test_every_config_is_listed() -> None:
-    assert sorted(p.stem for p in CONFIGS.glob("*.yaml")) == sorted(FACTS)
+    assert sorted(p.stem for p in CONFIGS.glob("*.yaml")) == sorted({*FACTS, *BASE.values()})
+
+
+def configs(name: str) -> list[str]:
+    """The ``--config`` arguments of a recipe: its family's base, then the recipe."""
+    base = [str(CONFIGS / f"{BASE[name]}.yaml")] if name in BASE else []
+    return [arg for path in [*base, str(CONFIGS / f"{name}.yaml")] for arg in ("--config", path)]
+
+
+@pytest.mark.parametrize("name", sorted(BASE))
+def test_overlays_say_only_how_they_differ(name: str) -> None:
+    """An overlay is a few lines; none repeats a value its base already sets."""
+    overlay = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())
+    base = yaml.safe_load((CONFIGS / f"{BASE[name]}.yaml").read_text())
+
+    def leaves(tree: Any, prefix: str = "") -> dict[str, Any]:
+        if not isinstance(tree, dict):
+            return {prefix.rstrip("."): tree}
+        return {k: v for key, sub in tree.items() for k, v in leaves(sub, f"{prefix}{key}.").items()}
+
+    repeated = {key for key, value in leaves(overlay).items() if leaves(base).get(key) == value}
+    assert not repeated, f"{name}.yaml repeats {sorted(repeated)} of {BASE[name]}.yaml"
+    settings = [line for line in (CONFIGS / f"{name}.yaml").read_text().splitlines() if not line.startswith("#")]
+    assert len(settings) <= 16, f"{name}.yaml has {len(settings)} lines of settings"
 
 
 def shrunk(path: Path, tmp_path: Path) -> Path:
@@ -97,8 +125,9 @@ def test_config_states_its_recipe_and_runs(
     path = CONFIGS / f"{name}.yaml"
     header = path.read_text().splitlines()[:3]
     assert all(line.startswith("# ") for line in header)  # what it reproduces, before any setting
+    assert " ".join(configs(name)).replace(str(CONFIGS), "configs") in path.read_text()  # the command it states
     with pytest.raises(SystemExit):
-        cli(["fit", "--config", str(path), "--print_config"])
+        cli(["fit", *configs(name), "--print_config"])
     config = yaml.safe_load(capsys.readouterr().out)
     for key, value in FACTS[name].items():
         assert lookup(config, key) == value, key
@@ -106,7 +135,7 @@ def test_config_states_its_recipe_and_runs(
     run = cli(
         [
             "fit",
-            "--config",
+            *configs(name)[:-1],
             str(shrunk(path, tmp_path)),
             "--data.root",
             str(mini_dir),

@@ -293,3 +293,10 @@ def test_fine_tune_clears_the_optimizer_state_and_resumes_exactly(tmp_path: Path
     assert resumed_steps.steps == steps.steps[32:] and resumed_probe.lrs == probe.lrs[32:]
     for (name, a), b in zip(net.state_dict().items(), resumed.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, msg=name)
+
+
+def test_a_fit_that_would_stretch_fine_tune_is_refused() -> None:
+    cycles = OneCycles(fine_tune=FineTune(start_epoch=1, epochs=1))  # epochs 1 and 2: the fit must end at 3
+    trainer = L.Trainer(max_epochs=4, enable_checkpointing=False, callbacks=[cycles], **QUIET)
+    with pytest.raises(ValueError, match="max_epochs=4: fine_tune from epoch 1 ends at epoch 3.*max_epochs to 3"):
+        trainer.fit(Net(), datamodule=Shapes())

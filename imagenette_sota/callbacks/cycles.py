@@ -61,8 +61,22 @@ class OneCycles(Callback):
                 raise ValueError(f"OneCycles: the schedule and fine_tune both start a cycle at epoch(s) {overlap}")
             schedule.update(tuned)
             clears |= set(tuned)
-        self.schedule, self.clears = schedule, clears
+        self.schedule, self.clears, self.fine_tune = schedule, clears, fine_tune
         self.epochs = sorted(schedule)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Refuse a fit whose length would stretch or cut fine_tune's last cycle (fast_dev_run aside)."""
+        tune = self.fine_tune
+        if stage != "fit" or tune is None or trainer.fast_dev_run:
+            return
+        last = tune.start_epoch + tune.freeze_epochs
+        end = next((k for k in self.epochs if k > last), trainer.max_epochs)
+        if end != tune.end_epoch:
+            raise ValueError(
+                f"max_epochs={trainer.max_epochs!r}: fine_tune from epoch {tune.start_epoch} ends at epoch "
+                f"{tune.end_epoch}, but its last cycle would run to epoch {end}: set trainer.max_epochs to "
+                f"{tune.end_epoch} (or start the next cycle there)"
+            )
 
     def cycle_at(self, epoch: int, pl_module: L.LightningModule) -> Cycle | None:
         """The cycle that starts at ``epoch``: the schedule's, or at epoch 0 the module's ``cycle``; else None."""

@@ -37,6 +37,8 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 from torchvision.transforms.v2.functional import pil_to_tensor, to_pil_image
 from torchvision.utils import make_grid
 
+from imagenette_sota.checks import check_numbers
+
 TILE = 128  # px: side of every image tile, whatever the training or validation image size
 LINE = 12  # px: height of a caption line
 BLUE = (8, 48, 107)  # the confusion matrix's colour for a whole row in one cell (matplotlib's "Blues")
@@ -103,8 +105,10 @@ class Inspection(Callback):
         top_losses: validation images of highest loss shown after each validation (0: none).
         confusion_matrix: draw the validation confusion matrix after each validation.
         """
-        if max_images < 0 or top_losses < 0:
-            raise ValueError(f"max_images={max_images} and top_losses={top_losses} must be >= 0 (0 turns one off)")
+        check_numbers(
+            max_images=(max_images, ">= 0 (0: no grids)", max_images >= 0),
+            top_losses=(top_losses, ">= 0 (0: none shown)", top_losses >= 0),
+        )
         self.max_images, self.top_losses, self.confusion_matrix = max_images, top_losses, confusion_matrix
         self._shown_size: tuple[int, ...] | None = None  # the image size of the last batch grid
         self._show_batch = False  # whether this training batch is shown

@@ -56,7 +56,7 @@ _IMAGEWOOF_NAMES = {
 def release(dataset: str) -> Release:
     """The official release named ``dataset``, or a clear error listing the names that exist."""
     if dataset not in RELEASES:
-        raise ValueError(f"unknown dataset {dataset!r}: choose one of {', '.join(sorted(RELEASES))}")
+        raise ValueError(f"dataset={dataset!r} is not an official release: choose one of {', '.join(sorted(RELEASES))}")
     return RELEASES[dataset]
 
 
