@@ -38,6 +38,7 @@ from .test_cli import QUICK, cli, rejected, small
 from .test_ddp import DDP, TIMEOUT, Count, deadline, tiny_xresnet
 
 BOOK = str(Path(__file__).parents[1] / "configs" / "book_random_split.yaml")
+BOOK_BASE = str(Path(__file__).parents[1] / "configs" / "book.yaml")
 WNIDS = list(class_names("imagenette2-160"))
 HUMAN = list(class_names("imagenette2-160").values())
 UNICODE_CLASS = "Schleie – Tinca tinca 🐟"  # replaces the tench folder's wnid
@@ -248,11 +249,12 @@ def test_class_folders_train_and_validate_on_one_recorded_split(
 
 
 def test_book_random_split_pools_the_release_stable_and_disjoint(mini_dir: Path, tmp_path: Path) -> None:
-    config = yaml.safe_load(Path(BOOK).read_text())
-    assert config["data"]["split"] == "random" and config["data"]["valid_pct"] == 0.2
-    assert config["data"]["dataset"] == "imagenette2" and config["data"]["presize"] == 460
+    base, overlay = (yaml.safe_load(Path(path).read_text())["data"] for path in (BOOK_BASE, BOOK))
+    data = {**base, **overlay}  # the overlay on the chapter's base
+    assert data["split"] == "random" and data["valid_pct"] == 0.2
+    assert data["dataset"] == "imagenette2" and data["presize"] == 460
     tiny = ["--model.backbone", "imagenette_sota.models.xresnet18", *small(mini_dir), *quiet(tmp_path)]
-    run = cli(["fit", "--config", BOOK, *tiny, "--trainer.fast_dev_run", "1"])
+    run = cli(["fit", "--config", BOOK_BASE, "--config", BOOK, *tiny, "--trainer.fast_dev_run", "1"])
     dm = run.datamodule
     pooled = [item for split in ("train", "val") for item in _expected_items(mini_dir / split)]
     train, val = dm.train_set.items, dm.val_set.items
