@@ -43,7 +43,8 @@ from torch import Tensor, nn
 
 from benchmarks.common import report
 from imagenette_sota import models
-from imagenette_sota.schedule import BETAS, EPS, adam, param_groups
+from imagenette_sota.optim import BETAS, EPS
+from imagenette_sota.schedule import adam, param_groups
 
 VARIANTS = ("baseline", "channels_last", "bf16", "channels_last+bf16", "adamw_foreach", "adamw_single")
 ONLY = ("train", "compile", "decode")

@@ -18,7 +18,8 @@ from imagenette_sota import seeds
 from imagenette_sota.checks import check_numbers
 from imagenette_sota.mixup import cutmix, mixed_loss, mixup
 from imagenette_sota.models import xresnet50
-from imagenette_sota.schedule import WEIGHT_DECAY, Cycle, adam, one_cycle
+from imagenette_sota.optim import OptimizerCallable, adam
+from imagenette_sota.schedule import WEIGHT_DECAY, Cycle, one_cycle, param_groups
 
 Batch = tuple[Tensor, Tensor]
 
@@ -64,7 +65,7 @@ def import_path(obj: Any) -> str | None:
 
 
 class ImagenetteClassifier(L.LightningModule):
-    """An image classifier trained the fastai way: Adam + one-cycle, label smoothing, mixup or cutmix."""
+    """An image classifier trained the fastai way: Adam or ranger, one-cycle or flat-cos, label smoothing, mixup."""
 
     def __init__(
         self,
@@ -72,6 +73,7 @@ class ImagenetteClassifier(L.LightningModule):
         num_classes: int = 10,
         cycle: Cycle = Cycle(3e-3),
         weight_decay: float = WEIGHT_DECAY,
+        optimizer: OptimizerCallable = adam,
         label_smoothing: float = 0.0,
         mixup_alpha: float = 0.0,
         cutmix_alpha: float = 0.0,
@@ -84,6 +86,9 @@ class ImagenetteClassifier(L.LightningModule):
         cycle: the one-cycle over the fit (fastai's fit_one_cycle: peak lr_max, warm-up pct_start, from lr_max / div
             to lr_max / div_final); OneCycles starts later ones and times this one to its stages.
         weight_decay: decoupled weight decay on weights with ndim >= 2 (none on norms and biases).
+        optimizer: builds the optimizer from the parameter groups (which carry the weight decay): fastai's Adam
+            (imagenette_sota.optim.adam) or, e.g., imagenette_sota.optim.Ranger with its init_args. fastai's
+            fit_flat_cos is a cycle with div 1 and moms null (schedule.flat_cos).
         label_smoothing: epsilon of label smoothing (0: the book's baseline, 0.1: fastai's default).
         mixup_alpha: Beta(alpha, alpha) of mixup in training (0: off; fastai uses 0.4).
         cutmix_alpha: Beta(alpha, alpha) of cutmix in training (0: off; fastai uses 1.0). Not with mixup.
@@ -109,8 +114,9 @@ class ImagenetteClassifier(L.LightningModule):
         # recorded as a dict (save_hyperparameters reads the arguments' current values): checkpoints load with
         # weights_only=True, which unpickles no classes of ours.
         cycle = asdict(self.cycle)
-        self.save_hyperparameters(ignore=["backbone"])
+        self.save_hyperparameters(ignore=["backbone", "optimizer"])
         self.backbone_path = import_path(backbone)  # the checkpoint records it (imagenette_sota.trained reads it)
+        self.make_optimizer = optimizer
         self.model = backbone(num_classes)
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -209,7 +215,10 @@ class ImagenetteClassifier(L.LightningModule):
         self.hparams["cycle"] = asdict(self.cycle)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        """fastai's Adam and one one-cycle over the whole fit, stepped every batch (OneCycles re-times it)."""
-        optimizer = adam(self.model, self.cycle.lr_max, self.hparams.weight_decay)
+        """The optimizer (weight decay on weights, none on norms and biases) and one cycle over the fit, per batch.
+
+        OneCycles re-times it to its stages.
+        """
+        optimizer = self.make_optimizer(param_groups(self.model, self.hparams.weight_decay))
         scheduler = one_cycle(optimizer, self.cycle, self.trainer.estimated_stepping_batches)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,10 +1,13 @@
-"""fastai's optimizer (Adam, decoupled weight decay, none on norms/biases) and its one-cycle schedule.
+"""fastai's optimizer (Adam, decoupled weight decay, none on norms/biases) and its schedules: one-cycle, flat-cos.
 
 The one-cycle is torch's ``OneCycleLR`` stepped every batch, set up to give exactly fastai's values: fastai puts
 batch ``i`` of ``n`` at position ``i / n`` of the cycle (peak at batch ``pct_start * n``; the last batch stops
 one step short of ``lr_max / div_final``), while ``OneCycleLR`` puts its peak at step ``pct_start * steps - 1``
 and its end at step ``steps - 1``. A cycle of ``n + 1`` steps with the peak moved to step ``pct_start * n``
 makes the two agree at every batch.
+
+fastai's ``fit_flat_cos`` is the same curve with ``div=1`` (``combined_cos(pct_start, lr, lr, lr / div_final)``:
+flat, then cosine) and no momentum schedule: ``flat_cos`` gives that ``Cycle`` (``moms=None``).
 """
 
 from __future__ import annotations
@@ -17,23 +20,25 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import OneCycleLR
 
+from imagenette_sota import optim
 from imagenette_sota.checks import check_numbers
 
-BETAS = (0.9, 0.99)
-EPS = 1e-5
 MOMS = (0.95, 0.85)  # beta1 at the start and end of the cycle, and at its peak
 WEIGHT_DECAY = 0.01  # fastai's default wd, decoupled (true_wd)
-FUSED_DEVICES = ("cpu", "cuda", "mps", "xpu")  # device types with torch's fused AdamW kernel
 
 
 @dataclass(frozen=True)
 class Cycle:
-    """One fastai one-cycle: lr_max/div -> lr_max (cosine, first pct_start) -> lr_max/div_final (cosine)."""
+    """One fastai one-cycle: lr_max/div -> lr_max (cosine, first pct_start) -> lr_max/div_final (cosine).
+
+    ``moms``: beta1 at the ends and at the peak, cycled inversely to the lr; None leaves the optimizer's beta1.
+    """
 
     lr_max: float
     pct_start: float = 0.25
     div: float = 25.0
     div_final: float = 1e5
+    moms: tuple[float, float] | None = MOMS
 
     def __post_init__(self) -> None:
         check_numbers(
@@ -42,6 +47,13 @@ class Cycle:
             div=(self.div, "> 0", self.div > 0),
             div_final=(self.div_final, "> 0", self.div_final > 0),
         )
+        if self.moms is not None:  # a list from YAML or a checkpoint's hyperparameters
+            object.__setattr__(self, "moms", tuple(self.moms))
+
+
+def flat_cos(lr_max: float, pct_start: float = 0.75, div_final: float = 1e5) -> Cycle:
+    """fastai's fit_flat_cos: lr_max flat for the first pct_start of the steps, then cosine to lr_max/div_final."""
+    return Cycle(lr_max, pct_start=pct_start, div=1.0, div_final=div_final, moms=None)
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -54,11 +66,8 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
 
 
 def adam(model: nn.Module, lr: float, weight_decay: float = WEIGHT_DECAY) -> torch.optim.AdamW:
-    """fastai's Adam with true weight decay: AdamW(betas=(0.9, 0.99), eps=1e-5), fused kernel where supported."""
-    groups = param_groups(model, weight_decay)
-    # The fused kernel is ~7x faster than the per-tensor loop on a 2-core CPU; elsewhere torch picks foreach.
-    fused = all(p.device.type in FUSED_DEVICES for g in groups for p in g["params"]) or None
-    return torch.optim.AdamW(groups, lr=lr, betas=BETAS, eps=EPS, fused=fused)
+    """fastai's Adam (``optim.adam``) over ``model``'s parameter groups, with true weight decay."""
+    return optim.adam(param_groups(model, weight_decay), lr)
 
 
 def one_cycle(optimizer: torch.optim.Optimizer, cycle: Cycle, total_steps: int) -> OneCycleLR:
@@ -70,9 +79,9 @@ def one_cycle(optimizer: torch.optim.Optimizer, cycle: Cycle, total_steps: int) 
         total_steps=n + 1,  # fastai's position i / n for batch i: step n (after the last batch) ends the cycle
         pct_start=(cycle.pct_start * n + 1) / (n + 1),  # OneCycleLR peaks at step pct_start * total_steps - 1
         anneal_strategy="cos",
-        cycle_momentum=True,
-        base_momentum=MOMS[1],
-        max_momentum=MOMS[0],
+        cycle_momentum=cycle.moms is not None,
+        base_momentum=(cycle.moms or MOMS)[1],
+        max_momentum=(cycle.moms or MOMS)[0],
         div_factor=cycle.div,
         final_div_factor=cycle.div_final / cycle.div,  # OneCycleLR's final lr is its initial lr / this
         three_phase=False,

@@ -9,7 +9,17 @@ import pytest
 import torch
 from torch import nn
 
-from imagenette_sota.schedule import Cycle, FineTune, adam, fine_tune, one_cycle, param_groups, steps_per_epoch
+from imagenette_sota.optim import Ranger
+from imagenette_sota.schedule import (
+    Cycle,
+    FineTune,
+    adam,
+    fine_tune,
+    flat_cos,
+    one_cycle,
+    param_groups,
+    steps_per_epoch,
+)
 
 LR = 1e-2
 
@@ -170,3 +180,30 @@ def test_fine_tune_starting_mid_fit() -> None:
     (_, frozen), (_, unfrozen) = fine_tune(5, 1e-3)
     assert tune.cycles() == {4: frozen, 5: unfrozen} and tune.end_epoch == 10
     assert FineTune(0, 3, freeze_epochs=2).cycles().keys() == {0, 2}
+
+
+@pytest.mark.parametrize(("epochs", "pct_start"), [(3, 0.75), (4, 0.5)])
+def test_flat_cos_lr_at_every_batch_is_fastai_fit_flat_cos(epochs: int, pct_start: float) -> None:
+    # A real fastai Learner (its synthetic regression, 5 batches per epoch, ranger) records the lr of every batch
+    # of fit_flat_cos; our cycle on our Ranger must give the same lr batch for batch, beta1 staying at mom.
+    import fastai.callback.progress
+    import fastai.callback.schedule  # noqa: F401 (they add fit_flat_cos and no_bar to the Learner)
+    from fastai.optimizer import ranger
+    from fastai.test_utils import synth_learner
+
+    learn = synth_learner(n_trn=5)
+    learn.opt_func = ranger
+    with learn.no_bar(), learn.no_logging():
+        learn.fit_flat_cos(epochs, LR, pct_start=pct_start)
+    expected = list(learn.recorder.lrs)
+    assert len(expected) == 5 * epochs and learn.opt.hypers[0]["mom"] == 0.95
+    opt = Ranger(nn.Linear(2, 2).parameters())
+    sched = one_cycle(opt, flat_cos(LR, pct_start=pct_start), len(expected))
+    for i, lr in enumerate(expected):
+        assert opt.param_groups[0]["lr"] == pytest.approx(lr, rel=1e-6), f"batch {i}"  # fastai's are float32
+        assert opt.param_groups[0]["betas"] == (0.95, 0.99)
+        opt.step()
+        sched.step()
+    flat = int(pct_start * len(expected))
+    assert expected[:flat] == [LR] * flat and expected[-1] < LR / 4  # flat, then down (the test's own check)
+

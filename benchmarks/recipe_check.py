@@ -1,0 +1,326 @@
+"""A shipped recipe from its YAML beside fastai's own version of it, same data, same steps, at a reduced scale.
+
+    python -m benchmarks.recipe_check --configs leaderboard_128_5 baseline progressive
+    python -m benchmarks.recipe_check --configs leaderboard_128_5 --skip-fastai --overlay my_change.yaml
+
+Reduced scale (the full recipes take hours per epoch on two CPU cores): a seeded subset of imagenette2-160
+(``--train-per-class`` and ``--val-per-class`` images of each class, official split, linked into
+``data/recipe_check/``), every image side of the recipe times ``--scale`` (presize, training and validation sizes,
+ProgressiveResize's stages), and optionally other epochs (``--epochs``, not for a progressive schedule); batch sizes, learning rates, schedules,
+optimizer, loss, mixup and augmentation are the recipe's. Both sides run on the CPU in fp32.
+
+Ours: ``ImagenetteCLI`` on ``configs/<name>.yaml`` (plus any ``--overlay`` YAML) with only the scale, data and
+quiet-trainer settings overridden. fastai's: the recipe's anchor with fastai 2.8's objects, its numbers read from
+our parsed config:
+
+- leaderboard_*: examples/train_imagenette.py: ``RandomResizedCrop(size, min_scale=0.35)`` + ``FlipItem`` on
+  the images, ImageNet normalization, ``xresnet50(act_cls=Mish, sa=True)``, ``LabelSmoothingCrossEntropy``,
+  ``ranger``, ``fit_flat_cos``, ``MixUp`` where the recipe mixes.
+- baseline, normalize, label_smoothing: the book's ``Resize(presize)`` + ``aug_transforms(size, min_scale=0.75)``,
+  ``xresnet50``, ``fit_one_cycle``.
+- progressive: the same at the first stage's size and batch, ``fit_one_cycle``, then the dataloaders of the
+  second stage and ``fine_tune``.
+
+Per epoch, each side prints validation accuracy and the mean training loss (fastai's: the raw batch losses
+averaged, not its smoothed ``train_loss``). Last line JSON: per config and side the figures, and
+``max_acc_gap_vs_fastai`` (points: the largest |ours - fastai| over the configs and epochs checked) and ``configs``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import random
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import yaml
+
+from benchmarks.common import DATA_ROOT, REPO, imagenette160, report
+
+CONFIGS = REPO / "configs"
+QUIET = [
+    "--trainer.accelerator=cpu",
+    "--trainer.devices=1",
+    "--trainer.precision=32-true",
+    "--trainer.logger=false",
+    "--trainer.enable_checkpointing=false",
+    "--trainer.enable_progress_bar=false",
+    "--trainer.enable_model_summary=false",
+    "--trainer.num_sanity_val_steps=0",
+    "--inspection.max_images=0",
+    "--inspection.top_losses=0",
+    "--inspection.confusion_matrix=false",
+    "--data.num_workers=0",
+]
+
+
+def subset(source: Path, train_per_class: int, val_per_class: int, seed: int = 0) -> Path:
+    """A folder of links to a seeded choice of images per class and split of ``source`` (made once)."""
+    out = DATA_ROOT / "recipe_check" / f"{source.name}-{train_per_class}-{val_per_class}-{seed}"
+    if out.is_dir():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent))
+    rng = random.Random(seed)
+    for split, n in (("train", train_per_class), ("val", val_per_class)):
+        for folder in sorted(p for p in (source / split).iterdir() if p.is_dir()):
+            files = sorted(folder.iterdir())
+            (tmp / split / folder.name).mkdir(parents=True)
+            for f in rng.sample(files, min(n, len(files))):
+                (tmp / split / folder.name / f.name).symlink_to(f.resolve())
+    tmp.rename(out)  # complete or absent
+    return out
+
+
+def scaled(name: str, scale: float, overlays: list[str], tmp: Path) -> tuple[Path, dict[str, Any]]:
+    """The config with ProgressiveResize's stage sizes times ``scale`` (list items take no CLI override), parsed."""
+    config = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())
+    for callback in config.get("trainer", {}).get("callbacks", []):
+        for stage in callback.get("init_args", {}).get("schedule", {}).values():
+            if stage.get("size"):
+                stage["size"] = side(stage["size"], scale)
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    from imagenette_sota.cli import cli
+
+    args = ["fit", "--config", str(path), *[a for o in overlays for a in ("--config", o)], "--print_config"]
+    with tempfile.TemporaryFile("w+") as out:
+        with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
+            cli(args)
+        out.seek(0)
+        return path, yaml.safe_load(out.read())
+
+
+def side(px: int, scale: float) -> int:
+    """An image side times the scale, a multiple of 8 (at least 16)."""
+    return max(16, round(px * scale / 8) * 8)
+
+
+class EpochLog(L.Callback):
+    """Per epoch: validation accuracy and the mean training loss."""
+
+    def __init__(self) -> None:
+        self.acc: list[float] = []
+        self.loss: list[float] = []
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.loss.append(trainer.callback_metrics["train/loss_epoch"].item())
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.acc.append(trainer.callback_metrics["val/acc"].item())
+
+
+def ours(
+    path: Path, config: dict[str, Any], overlays: list[str], data: Path, epochs: int | None, scale: float
+) -> dict:
+    """Fit the recipe with this suite at the reduced scale; per-epoch accuracy and training loss."""
+    from imagenette_sota.cli import ImagenetteCLI, ImagenetteTrainer
+    from imagenette_sota.data import ImagenetteDataModule
+    from imagenette_sota.module import ImagenetteClassifier
+
+    d = config["data"]
+    sizes = [
+        f"--data.presize={side(d['presize'], scale)}",
+        f"--data.train_size={side(d['train_size'], scale)}",
+        f"--data.val_size={side(d['val_size'], scale) if d.get('val_size') else 'null'}",
+    ]
+    cli_args = ["--config", str(path), *[a for o in overlays for a in ("--config", o)]]
+    cli_args += [*QUIET, f"--data.root={data}", "--data.cache=true", *sizes]
+    cli_args += [f"--trainer.max_epochs={epochs}"] if epochs else []
+    run = ImagenetteCLI(
+        ImagenetteClassifier,
+        ImagenetteDataModule,
+        trainer_class=ImagenetteTrainer,
+        seed_everything_default=42,
+        args=cli_args,
+        save_config_callback=None,
+        run=False,
+    )
+    log = EpochLog()
+    run.trainer.callbacks.append(log)
+    start = time.perf_counter()
+    run.trainer.fit(run.model, run.datamodule)
+    return {"acc": log.acc, "loss": log.loss, "steps": run.trainer.global_step, "s": time.perf_counter() - start}
+
+
+def fastai_side(name: str, config: dict[str, Any], data: Path, epochs: int | None, scale: float) -> dict:
+    """fastai's version of the recipe (see the module doc) on the same data, scale and number of steps."""
+    from fastai.callback.core import Callback
+    from fastai.vision.all import (
+        Adam,
+        CategoryBlock,
+        CrossEntropyLossFlat,
+        DataBlock,
+        FlipItem,
+        GrandparentSplitter,
+        ImageBlock,
+        LabelSmoothingCrossEntropyFlat,
+        Learner,
+        MixUp,
+        Normalize,
+        RandomResizedCrop,
+        Resize,
+        accuracy,
+        aug_transforms,
+        get_image_files,
+        imagenet_stats,
+        parent_label,
+        ranger,
+        set_seed,
+    )
+    from fastai.vision.models.xresnet import xresnet50
+
+    m, d, t = config["model"], config["data"], config["trainer"]
+    epochs = epochs or t["max_epochs"]
+    norm = [Normalize.from_stats(*imagenet_stats)] if d["normalize"] == "imagenet" else []
+    leaderboard = name.startswith("leaderboard")
+
+    def dls(size: int, bs: int):
+        if leaderboard:  # train_imagenette.py's get_dls
+            item, batch = [RandomResizedCrop(size, min_scale=0.35), FlipItem(0.5)], norm
+        else:  # the book's presizing
+            item, batch = [Resize(side(d["presize"], scale))], [*aug_transforms(size=size, min_scale=0.75), *norm]
+        block = DataBlock(
+            blocks=(ImageBlock, CategoryBlock),
+            get_items=get_image_files,
+            splitter=GrandparentSplitter(valid_name="val"),
+            get_y=parent_label,
+            item_tfms=item,
+            batch_tfms=batch,
+        )
+        return block.dataloaders(data, bs=bs, num_workers=0, device=torch.device("cpu"))
+
+    losses: list[list[float]] = []
+    accs: list[float] = []
+
+    class EpochValues(Callback):
+        """Per epoch: the raw training batch losses and the validation accuracy (fine_tune's fits included)."""
+
+        order = 60  # after the Recorder (50) has recorded the epoch
+
+        def before_epoch(self) -> None:
+            losses.append([])
+
+        def after_batch(self) -> None:
+            if self.training:
+                losses[-1].append(float(self.loss))
+
+        def after_epoch(self) -> None:
+            accs.append(float(self.recorder.values[-1][2]))
+
+    backbone = m["backbone"]
+    init = backbone.get("init_args", {}) if isinstance(backbone, dict) else {}
+    act = torch.nn.Mish if init.get("act") == "torch.nn.Mish" else torch.nn.ReLU
+    optimizer = m["optimizer"]
+    if isinstance(optimizer, dict) and optimizer["class_path"].endswith("Ranger"):
+        o = optimizer["init_args"]
+        opt_func = _partial(ranger, mom=o["mom"], sqr_mom=o["sqr_mom"], eps=o["eps"], k=o["k"], alpha=o["alpha"])
+    else:
+        opt_func = Adam  # fastai's default: mom 0.9, sqr_mom 0.99, eps 1e-5
+    smoothing = m["label_smoothing"]
+    loss = LabelSmoothingCrossEntropyFlat(eps=smoothing) if smoothing else CrossEntropyLossFlat()
+    cbs = [EpochValues()] + ([MixUp(m["mixup_alpha"])] if m["mixup_alpha"] else [])
+
+    set_seed(42)
+    stages = _stages(config)
+    first_size, first_bs = stages[0] if stages else (side(d["train_size"], scale), d["batch_size"])
+    net = xresnet50(n_out=10, act_cls=act, sa=bool(init.get("sa", False)))
+    learn = Learner(dls(first_size, first_bs), net, loss_func=loss, opt_func=opt_func, metrics=accuracy, cbs=cbs)
+    start = time.perf_counter()
+    with learn.no_bar(), learn.no_logging():
+        if m["moms"] is None and m["div"] == 1.0:
+            learn.fit_flat_cos(
+                epochs, m["lr"], div_final=m["div_final"], pct_start=m["pct_start"], wd=m["weight_decay"]
+            )
+        elif stages:  # the book's progressive resizing: fit_one_cycle at the first stage, fine_tune at the second
+            schedule = _progressive(config)["schedule"]
+            second = sorted(schedule)[1]  # the epoch the second stage (and fine_tune's frozen epoch) starts
+            learn.fit_one_cycle(second, m["lr"], wd=m["weight_decay"])
+            learn.dls = dls(*stages[1])
+            learn.fine_tune(epochs - second - 1, schedule[second]["cycle"]["lr_max"], wd=m["weight_decay"])
+        else:
+            learn.fit_one_cycle(
+                epochs, m["lr"], div=m["div"], div_final=m["div_final"], pct_start=m["pct_start"], wd=m["weight_decay"]
+            )
+    wall = time.perf_counter() - start
+    steps = sum(len(e) for e in losses)
+    return {"acc": accs, "loss": [sum(e) / len(e) for e in losses], "steps": steps, "s": wall}
+
+
+def _partial(func, **kwargs):
+    """functools.partial that fastai's Learner accepts as opt_func."""
+    from functools import partial
+
+    return partial(func, **kwargs)
+
+
+def _progressive(config: dict[str, Any]) -> dict[str, Any]:
+    """The init_args of the config's ProgressiveResize ({} without one); schedule keys as ints."""
+    for callback in config["trainer"].get("callbacks") or []:
+        if callback["class_path"].endswith("ProgressiveResize"):
+            init = dict(callback["init_args"])
+            init["schedule"] = {int(k): v for k, v in (init.get("schedule") or {}).items()}
+            return init
+    return {}
+
+
+def _stages(config: dict[str, Any]) -> list[tuple[int, int]]:
+    """(size, batch size) of each ProgressiveResize stage that sets a size (sizes already scaled)."""
+    schedule = _progressive(config).get("schedule", {})
+    return [(s["size"], s["batch_size"]) for _, s in sorted(schedule.items()) if s.get("size")]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--configs", nargs="+", default=["leaderboard_128_5", "baseline", "progressive"])
+    p.add_argument("--overlay", action="append", default=[], help="a YAML applied after each config (ours only)")
+    p.add_argument("--scale", type=float, default=0.25, help="factor on every image side (0.25: 128 px -> 32 px)")
+    p.add_argument("--epochs", type=int, help="override the recipes' epochs (default: theirs)")
+    p.add_argument("--train-per-class", type=int, default=100)
+    p.add_argument("--val-per-class", type=int, default=50)
+    p.add_argument("--mini", action="store_true", help="the 300-image mini archive (a smoke run)")
+    p.add_argument("--skip-fastai", action="store_true")
+    p.add_argument("--skip-ours", action="store_true")
+    args = p.parse_args()
+    data = subset(imagenette160(mini=args.mini), args.train_per_class, args.val_per_class)
+    results: dict[str, Any] = {}
+    gaps: list[float] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.configs:
+            path, config = scaled(name, args.scale, args.overlay, Path(tmp))
+            result: dict[str, Any] = {}
+            epochs = None if _progressive(config) else args.epochs  # a progressive schedule keeps its epochs
+            for label, skip in (("ours", args.skip_ours), ("fastai", args.skip_fastai)):
+                if skip:
+                    continue
+                if label == "ours":
+                    result[label] = ours(path, config, args.overlay, data, epochs, args.scale)
+                else:
+                    result[label] = fastai_side(name, config, data, epochs, args.scale)
+                for e, (acc, loss) in enumerate(zip(result[label]["acc"], result[label]["loss"], strict=False)):
+                    print(f"{name} {label:6s} epoch {e}: val acc {acc:.4f}  train loss {loss:.4f}", flush=True)
+                print(f"{name} {label}: {result[label]['steps']} steps in {result[label]['s']:.0f} s", flush=True)
+            if "ours" in result and "fastai" in result:
+                pairs = zip(result["ours"]["acc"], result["fastai"]["acc"], strict=True)
+                result["acc_gap"] = [round(100 * (a - b), 2) for a, b in pairs]
+                gaps += [abs(g) for g in result["acc_gap"]]
+            results[name] = result
+    scale = {"scale": args.scale, "train_per_class": args.train_per_class, "val_per_class": args.val_per_class}
+    report(
+        {
+            **scale,
+            "epochs": args.epochs,
+            "results": results,
+            "max_acc_gap_vs_fastai": max(gaps) if gaps else None,
+            "configs": args.configs,
+        }
+    )
+
+
+if __name__ == "__main__":
+    main()
