@@ -6,8 +6,9 @@
 Reduced scale (the full recipes take hours per epoch on two CPU cores): a seeded subset of imagenette2-160
 (``--train-per-class`` and ``--val-per-class`` images of each class, official split, linked into
 ``data/recipe_check/``), every image side of the recipe times ``--scale`` (presize, training and validation sizes,
-ProgressiveResize's stages), and optionally other epochs (``--epochs``, not for a progressive schedule); batch sizes, learning rates, schedules,
-optimizer, loss, mixup and augmentation are the recipe's. Both sides run on the CPU in fp32.
+ProgressiveResize's stages), and optionally other epochs (``--epochs``, not for a progressive schedule); batch
+sizes, learning rates, schedules, optimizer, loss, mixup and augmentation are the recipe's. Both sides run on the
+CPU in fp32.
 
 Ours: ``ImagenetteCLI`` on ``configs/<name>.yaml`` (plus any ``--overlay`` YAML) with only the scale, data and
 quiet-trainer settings overridden. fastai's: the recipe's anchor with fastai 2.8's objects, its numbers read from
@@ -41,6 +42,7 @@ import torch
 import yaml
 
 from benchmarks.common import DATA_ROOT, REPO, imagenette160, report
+from imagenette_sota import seeds
 
 CONFIGS = REPO / "configs"
 QUIET = [
@@ -115,9 +117,7 @@ class EpochLog(L.Callback):
         self.acc.append(trainer.callback_metrics["val/acc"].item())
 
 
-def ours(
-    path: Path, config: dict[str, Any], overlays: list[str], data: Path, epochs: int | None, scale: float
-) -> dict:
+def ours(path: Path, config: dict[str, Any], overlays: list[str], data: Path, epochs: int | None, scale: float) -> dict:
     """Fit the recipe with this suite at the reduced scale; per-epoch accuracy and training loss."""
     from imagenette_sota.cli import ImagenetteCLI, ImagenetteTrainer
     from imagenette_sota.data import ImagenetteDataModule
@@ -136,7 +136,7 @@ def ours(
         ImagenetteClassifier,
         ImagenetteDataModule,
         trainer_class=ImagenetteTrainer,
-        seed_everything_default=42,
+        seed_everything_default=seeds.DEFAULT,
         args=cli_args,
         save_config_callback=None,
         run=False,
@@ -226,7 +226,7 @@ def fastai_side(name: str, config: dict[str, Any], data: Path, epochs: int | Non
     loss = LabelSmoothingCrossEntropyFlat(eps=smoothing) if smoothing else CrossEntropyLossFlat()
     cbs = [EpochValues()] + ([MixUp(m["mixup_alpha"])] if m["mixup_alpha"] else [])
 
-    set_seed(42)
+    set_seed(seeds.DEFAULT)
     stages = _stages(config)
     first_size, first_bs = stages[0] if stages else (side(d["train_size"], scale), d["batch_size"])
     net = xresnet50(n_out=10, act_cls=act, sa=bool(init.get("sa", False)))

@@ -12,14 +12,27 @@ import yaml
 from imagenette_sota.cli import cli
 
 CONFIGS = Path(__file__).parents[1] / "configs"
-BOOK = {"model.backbone": "imagenette_sota.models.xresnet50", "data.presize": 460, "data.batch_size": 64}
+BOOK = {
+    "model.backbone": "imagenette_sota.models.xresnet50",
+    "model.optimizer": "imagenette_sota.optim.adam",
+    "data.presize": 460,
+    "data.batch_size": 64,
+}
 NORMALIZED = {**BOOK, "data.normalize": "imagenet", "data.train_size": 224, "model.cycle.lr_max": 3e-3}
 LEADERBOARD = {
     "model.backbone.init_args.act": "torch.nn.Mish",
     "model.backbone.init_args.sa": True,
     "model.backbone.init_args.expansion": 4,
-    "model.cycle": {"lr_max": 8e-3, "pct_start": 0.75, "div": 1.0, "div_final": 1e5},
+    # fit_flat_cos: flat lr, then cosine; beta1 left at ranger's 0.95
+    "model.cycle": {"lr_max": 8e-3, "pct_start": 0.75, "div": 1.0, "div_final": 1e5, "moms": None},
     "model.label_smoothing": 0.1,
+    "model.weight_decay": 1e-2,
+    "model.optimizer.class_path": "imagenette_sota.optim.Ranger",
+    "model.optimizer.init_args.mom": 0.95,
+    "model.optimizer.init_args.sqr_mom": 0.99,
+    "model.optimizer.init_args.eps": 1e-6,
+    "model.optimizer.init_args.k": 6,
+    "model.optimizer.init_args.alpha": 0.5,
     "data.dataset": "imagenette2-160",
     "data.presize": 160,
     "data.train_size": 128,
