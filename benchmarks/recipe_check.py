@@ -104,20 +104,31 @@ def side(px: int, scale: float) -> int:
 
 
 class EpochLog(L.Callback):
-    """Per epoch: validation accuracy and the mean training loss."""
+    """Per epoch: validation accuracy and the mean training loss; stops the fit after ``stop`` epochs if given."""
 
-    def __init__(self) -> None:
+    def __init__(self, stop: int | None = None) -> None:
         self.acc: list[float] = []
         self.loss: list[float] = []
+        self.stop = stop
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.loss.append(trainer.callback_metrics["train/loss_epoch"].item())
+        if self.stop is not None and len(self.loss) >= self.stop:
+            trainer.should_stop = True  # the schedule stays the whole recipe's: its first epochs only
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.acc.append(trainer.callback_metrics["val/acc"].item())
 
 
-def ours(path: Path, config: dict[str, Any], overlays: list[str], data: Path, epochs: int | None, scale: float) -> dict:
+def ours(
+    path: Path,
+    config: dict[str, Any],
+    overlays: list[str],
+    data: Path,
+    epochs: int | None,
+    scale: float,
+    stop: int | None = None,
+) -> dict:
     """Fit the recipe with this suite at the reduced scale; per-epoch accuracy and training loss."""
     from imagenette_sota.cli import ImagenetteCLI, ImagenetteTrainer
     from imagenette_sota.data import ImagenetteDataModule
@@ -141,7 +152,7 @@ def ours(path: Path, config: dict[str, Any], overlays: list[str], data: Path, ep
         save_config_callback=None,
         run=False,
     )
-    log = EpochLog()
+    log = EpochLog(stop)
     run.trainer.callbacks.append(log)
     start = time.perf_counter()
     run.trainer.fit(run.model, run.datamodule)
@@ -281,6 +292,7 @@ def main() -> None:
     p.add_argument("--overlay", action="append", default=[], help="a YAML applied after each config (ours only)")
     p.add_argument("--scale", type=float, default=0.25, help="factor on every image side (0.25: 128 px -> 32 px)")
     p.add_argument("--epochs", type=int, help="override the recipes' epochs (default: theirs)")
+    p.add_argument("--stop-after", type=int, help="ours only: stop after this many epochs of the recipe's schedule")
     p.add_argument("--train-per-class", type=int, default=100)
     p.add_argument("--val-per-class", type=int, default=50)
     p.add_argument("--mini", action="store_true", help="the 300-image mini archive (a smoke run)")
@@ -299,7 +311,7 @@ def main() -> None:
                 if skip:
                     continue
                 if label == "ours":
-                    result[label] = ours(path, config, args.overlay, data, epochs, args.scale)
+                    result[label] = ours(path, config, args.overlay, data, epochs, args.scale, args.stop_after)
                 else:
                     result[label] = fastai_side(name, config, data, epochs, args.scale)
                 for e, (acc, loss) in enumerate(zip(result[label]["acc"], result[label]["loss"], strict=False)):
