@@ -243,21 +243,18 @@ def fastai_side(name: str, config: dict[str, Any], data: Path, epochs: int | Non
     net = xresnet50(n_out=10, act_cls=act, sa=bool(init.get("sa", False)))
     learn = Learner(dls(first_size, first_bs), net, loss_func=loss, opt_func=opt_func, metrics=accuracy, cbs=cbs)
     start = time.perf_counter()
+    c, wd = m["cycle"], m["weight_decay"]
     with learn.no_bar(), learn.no_logging():
-        if m["moms"] is None and m["div"] == 1.0:
-            learn.fit_flat_cos(
-                epochs, m["lr"], div_final=m["div_final"], pct_start=m["pct_start"], wd=m["weight_decay"]
-            )
-        elif stages:  # the book's progressive resizing: fit_one_cycle at the first stage, fine_tune at the second
-            schedule = _progressive(config)["schedule"]
-            second = sorted(schedule)[1]  # the epoch the second stage (and fine_tune's frozen epoch) starts
-            learn.fit_one_cycle(second, m["lr"], wd=m["weight_decay"])
+        if c["moms"] is None and c["div"] == 1.0:
+            learn.fit_flat_cos(epochs, c["lr_max"], div_final=c["div_final"], pct_start=c["pct_start"], wd=wd)
+        elif config.get("cycles", {}).get("fine_tune"):  # the book's progressive resizing
+            tune = config["cycles"]["fine_tune"]
+            learn.fit_one_cycle(tune["start_epoch"], c["lr_max"], wd=wd)  # at the first stage's size and batch
             learn.dls = dls(*stages[1])
-            learn.fine_tune(epochs - second - 1, schedule[second]["cycle"]["lr_max"], wd=m["weight_decay"])
+            learn.fine_tune(tune["epochs"], tune["base_lr"], freeze_epochs=tune.get("freeze_epochs", 1), wd=wd)
         else:
-            learn.fit_one_cycle(
-                epochs, m["lr"], div=m["div"], div_final=m["div_final"], pct_start=m["pct_start"], wd=m["weight_decay"]
-            )
+            one = {"div": c["div"], "div_final": c["div_final"], "pct_start": c["pct_start"], "wd": wd}
+            learn.fit_one_cycle(epochs, c["lr_max"], **one)
     wall = time.perf_counter() - start
     steps = sum(len(e) for e in losses)
     return {"acc": accs, "loss": [sum(e) / len(e) for e in losses], "steps": steps, "s": wall}

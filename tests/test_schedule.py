@@ -206,4 +206,3 @@ def test_flat_cos_lr_at_every_batch_is_fastai_fit_flat_cos(epochs: int, pct_star
         sched.step()
     flat = int(pct_start * len(expected))
     assert expected[:flat] == [LR] * flat and expected[-1] < LR / 4  # flat, then down (the test's own check)
-
