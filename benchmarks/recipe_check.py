@@ -10,9 +10,9 @@ ProgressiveResize's stages), and optionally other epochs (``--epochs``, not for 
 sizes, learning rates, schedules, optimizer, loss, mixup and augmentation are the recipe's. Both sides run on the
 CPU in fp32.
 
-Ours: ``ImagenetteCLI`` on ``configs/<name>.yaml`` (plus any ``--overlay`` YAML) with only the scale, data and
-quiet-trainer settings overridden. fastai's: the recipe's anchor with fastai 2.8's objects, its numbers read from
-our parsed config:
+Ours: ``ImagenetteCLI`` on ``configs/<name>.yaml`` after its base (the header's "An overlay on"), plus any
+``--overlay`` YAML, with only the scale, data and quiet-trainer settings overridden. fastai's: the recipe's anchor
+with fastai 2.8's objects, its numbers read from our parsed config:
 
 - leaderboard_*: examples/train_imagenette.py: ``RandomResizedCrop(size, min_scale=0.35)`` + ``FlipItem`` on
   the images, ImageNet normalization, ``xresnet50(act_cls=Mish, sa=True)``, ``LabelSmoothingCrossEntropy``,
@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import random
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -79,23 +80,34 @@ def subset(source: Path, train_per_class: int, val_per_class: int, seed: int = 0
     return out
 
 
-def scaled(name: str, scale: float, overlays: list[str], tmp: Path) -> tuple[Path, dict[str, Any]]:
-    """The config with ProgressiveResize's stage sizes times ``scale`` (list items take no CLI override), parsed."""
-    config = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())
-    for callback in config.get("trainer", {}).get("callbacks", []):
-        for stage in callback.get("init_args", {}).get("schedule", {}).values():
-            if stage.get("size"):
-                stage["size"] = side(stage["size"], scale)
-    path = tmp / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(config))
+def family(name: str) -> list[str]:
+    """The config names a run of ``name`` composes: its base (its header's "An overlay on X.yaml"), then itself."""
+    header = [line for line in (CONFIGS / f"{name}.yaml").read_text().splitlines() if line.startswith("#")]
+    bases = [m.group(1) for line in header if (m := re.match(r"# An overlay on (\S+)\.yaml", line))]
+    return [*bases, name]
+
+
+def scaled(name: str, scale: float, overlays: list[str], tmp: Path) -> tuple[list[str], dict[str, Any]]:
+    """``--config`` arguments of the recipe (ProgressiveResize's stage sizes times ``scale``: list items take no
+    CLI override) and any overlays, and the configuration they parse to."""
+    args = []
+    for part in family(name):
+        config = yaml.safe_load((CONFIGS / f"{part}.yaml").read_text())
+        for callback in config.get("trainer", {}).get("callbacks", []):
+            for stage in callback.get("init_args", {}).get("schedule", {}).values():
+                if stage.get("size"):
+                    stage["size"] = side(stage["size"], scale)
+        path = tmp / f"{part}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        args += ["--config", str(path)]
+    args += [a for o in overlays for a in ("--config", o)]
     from imagenette_sota.cli import cli
 
-    args = ["fit", "--config", str(path), *[a for o in overlays for a in ("--config", o)], "--print_config"]
     with tempfile.TemporaryFile("w+") as out:
         with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
-            cli(args)
+            cli(["fit", *args, "--print_config"])
         out.seek(0)
-        return path, yaml.safe_load(out.read())
+        return args, yaml.safe_load(out.read())
 
 
 def side(px: int, scale: float) -> int:
@@ -121,15 +133,15 @@ class EpochLog(L.Callback):
 
 
 def ours(
-    path: Path,
+    configs: list[str],
     config: dict[str, Any],
-    overlays: list[str],
     data: Path,
     epochs: int | None,
     scale: float,
     stop: int | None = None,
 ) -> dict:
-    """Fit the recipe with this suite at the reduced scale; per-epoch accuracy and training loss."""
+    """Fit the recipe (``configs``: its --config arguments) with this suite at the reduced scale; per-epoch
+    accuracy and training loss."""
     from imagenette_sota.cli import ImagenetteCLI, ImagenetteTrainer
     from imagenette_sota.data import ImagenetteDataModule
     from imagenette_sota.module import ImagenetteClassifier
@@ -140,7 +152,7 @@ def ours(
         f"--data.train_size={side(d['train_size'], scale)}",
         f"--data.val_size={side(d['val_size'], scale) if d.get('val_size') else 'null'}",
     ]
-    cli_args = ["--config", str(path), *[a for o in overlays for a in ("--config", o)]]
+    cli_args = list(configs)
     cli_args += [*QUIET, f"--data.root={data}", "--data.cache=true", *sizes]
     cli_args += [f"--trainer.max_epochs={epochs}"] if epochs else []
     run = ImagenetteCLI(
@@ -301,14 +313,14 @@ def main() -> None:
     gaps: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.configs:
-            path, config = scaled(name, args.scale, args.overlay, Path(tmp))
+            configs, config = scaled(name, args.scale, args.overlay, Path(tmp))
             result: dict[str, Any] = {}
             epochs = None if _progressive(config) else args.epochs  # a progressive schedule keeps its epochs
             for label, skip in (("ours", args.skip_ours), ("fastai", args.skip_fastai)):
                 if skip:
                     continue
                 if label == "ours":
-                    result[label] = ours(path, config, args.overlay, data, epochs, args.scale, args.stop_after)
+                    result[label] = ours(configs, config, data, epochs, args.scale, args.stop_after)
                 else:
                     result[label] = fastai_side(name, config, data, epochs, args.scale)
                 for e, (acc, loss) in enumerate(zip(result[label]["acc"], result[label]["loss"], strict=False)):
