@@ -231,7 +231,7 @@ def fastai_side(name: str, config: dict[str, Any], data: Path, epochs: int | Non
 
         def after_batch(self) -> None:
             if self.training:
-                losses[-1].append(float(self.loss))
+                losses[-1].append(float(self.loss.detach()))
 
         def after_epoch(self) -> None:
             accs.append(float(self.recorder.values[-1][2]))
