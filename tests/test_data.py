@@ -41,6 +41,7 @@ def downloaded(server: str, tmp_path_factory: pytest.TempPathFactory) -> Imagene
         train_size=64,
         batch_size=16,
         num_workers=0,
+        cache=False,  # these tests read the decoding path (PresizedImages); tests/test_cache.py covers the cache
     )
     dm.prepare_data()
     dm.setup("fit")

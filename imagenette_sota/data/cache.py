@@ -123,7 +123,8 @@ class CachedImages(Dataset):
         meta = json.loads(pixels_path.with_suffix(".json").read_text())
         bad = set(meta["bad"])
         self.rows = [i for i in range(len(items)) if i not in bad]
-        self.labels = [items[i][1] for i in self.rows]
+        self.items = [items[i] for i in self.rows]  # (path, label) of each row, as PresizedImages holds them
+        self.labels = [label for _, label in self.items]
         self.extent, self.transposed = meta["extent"], meta["transposed"]
         self.presize, self.pixels_path, self.train = meta["presize"], pixels_path, train
         self._pixels: np.ndarray | None = None  # opened lazily: each worker process maps the file itself

@@ -26,6 +26,7 @@ from imagenette_sota.data.dataset import (
     collate_skipping,
     relabel,
 )
+from imagenette_sota.data.defaults import check_sizes, decide_cache, loader_workers
 from imagenette_sota.data.download import archive_stem, fetch
 from imagenette_sota.data.folders import Items, Layout, class_folders, find_layout
 from imagenette_sota.data.normalization import Mode, Normalization
@@ -33,14 +34,6 @@ from imagenette_sota.data.split import How, Split
 from imagenette_sota.data.transforms import BatchTransforms
 
 log = logging.getLogger(__name__)
-
-
-def _check_sizes(**sizes: int | None) -> None:
-    """Refuse a size that is not an integer >= 1 (``num_workers``: >= 0); ``None`` means the default."""
-    for name, value in sizes.items():
-        least, what = (0, "an integer >= 0") if name == "num_workers" else (1, "a positive integer")
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
-            raise ValueError(f"{name}={value!r} must be {what}")
 
 
 class ImagenetteDataModule(BatchTransforms, L.LightningDataModule):
@@ -66,7 +59,7 @@ class ImagenetteDataModule(BatchTransforms, L.LightningDataModule):
         augment: aug.Augment | None = aug.Augment(),
         normalize: Mode = "imagenet",
         skip_bad_images: bool = False,
-        cache: bool = False,
+        cache: bool | None = None,
         split: How = "folders",
         valid_pct: float = 0.2,
         split_seed: int = 42,
@@ -80,20 +73,22 @@ class ImagenetteDataModule(BatchTransforms, L.LightningDataModule):
         presize: square side (px) each image is cropped and resized to on the CPU (fastai ``Resize``).
         train_size: side (px) of augmented training images. val_size: of validation images (None: train_size).
         batch_size: training batch per device. val_batch_size: per device (None: 2 x batch_size, no grads).
-        num_workers: DataLoader processes (None: one per CPU core).
+        num_workers: DataLoader processes (None: every core for an accelerator; on the CPU 0 with the cache, else 1:
+            data.defaults.default_workers).
         noisy_labels: train on Imagenette's noisy labels with this percentage of wrong labels.
         augment: training augmentation (None: train images are only resized, like validation).
         normalize: ImageNet statistics, statistics of the first training batch, or none.
         skip_bad_images: skip undecodable images with a warning instead of stopping with an error.
         cache: decode every image once into a memory-mapped presized cache under the dataset folder
-            (``.presized/``); later epochs and runs decode nothing (see imagenette_sota.data.cache).
+            (``.presized/``); later epochs and runs decode nothing (see imagenette_sota.data.cache). None: on when
+            it takes at most half the free disk and memory (data.defaults.cache_fits; the decision is logged).
         split: "folders": validate on val/ (a root of class folders alone is split at random); "random": pool
             every image and hold out a random valid_pct (the book's Imagenette split).
         valid_pct: fraction of the images held out by a random split (fastai RandomSplitter(valid_pct, seed)).
         split_seed: seed of the random split, apart from the run's seed: the same split whatever the run.
         """
         super().__init__()
-        _check_sizes(
+        check_sizes(
             presize=presize,
             train_size=train_size,
             val_size=val_size,
@@ -112,9 +107,10 @@ class ImagenetteDataModule(BatchTransforms, L.LightningDataModule):
         self.release = release(dataset)
         self.presize, self.train_size, self.val_size = presize, train_size, val_size
         self.batch_size, self.val_batch_size = batch_size, val_batch_size
-        self.num_workers = (os.cpu_count() or 1) if num_workers is None else num_workers
+        self.num_workers = num_workers  # None: default_workers, once the cache decision is known
         self.noisy_labels, self.augment, self.normalize = noisy_labels, augment, normalize
         self.skip_bad_images, self.cache = skip_bad_images, cache
+        self._cache_decided: bool | None = None  # what cache=None came to (rank 0's under DDP)
         _ = self.layout  # refuse a root laid out in a way we cannot read now, before anything is downloaded
         self.normalization = Normalization(normalize)  # validates ``normalize``; fit state is checkpointed
         self.train_set: PresizedImages | CachedImages | None = None
@@ -155,19 +151,27 @@ class ImagenetteDataModule(BatchTransforms, L.LightningDataModule):
     def prepare_data(self) -> None:
         """Download, verify and extract once (rank 0), and fill the presized cache if asked."""
         if not self.data_dir.is_dir():
-            self._download_and_extract()
-        if self.cache:
-            for split, items in zip(
-                ("train", "val"), self.splitter(self.data_dir, self.layout or "split", self.classes), strict=True
-            ):
-                self._cached_pixels(split, items)
+            fetch(self.source, self.root, self.release.checks() if self.url is None else {"md5": self.md5})
+        if self.cache is not False:
+            splits = self.splitter(self.data_dir, self.layout or "split", self.classes)
+            if self.use_cache(sum(map(len, splits))):
+                for split, items in zip(("train", "val"), splits, strict=True):
+                    self._cached_pixels(split, items)
+
+    def use_cache(self, images: int, agree: bool = False) -> bool:
+        """``cache``, or with None whether ``images`` presized fit comfortably (``agree``: rank 0 decides for all)."""
+        if self.cache is not None:
+            return self.cache
+        if self._cache_decided is None:
+            self._cache_decided = decide_cache(images, self.presize, self.data_dir)
+        if agree and self.trainer is not None and self.trainer.world_size > 1:
+            self._cache_decided = self.trainer.strategy.broadcast(self._cache_decided, src=0)
+        return self._cache_decided
 
     def _cached_pixels(self, split: str, items: Items) -> Path:
+        workers = (os.cpu_count() or 1) if self.num_workers is None else self.num_workers  # the build: every core
         folder = self.data_dir / ".presized" / split
-        return build_cache(items, self.presize, folder, num_workers=self.num_workers, skip_bad=self.skip_bad_images)
-
-    def _download_and_extract(self) -> None:
-        fetch(self.source, self.root, self.release.checks() if self.url is None else {"md5": self.md5})
+        return build_cache(items, self.presize, folder, num_workers=workers, skip_bad=self.skip_bad_images)
 
     # --- datasets and loaders ----------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
@@ -186,18 +190,19 @@ class ImagenetteDataModule(BatchTransforms, L.LightningDataModule):
         train_items, val_items = self.splitter(self.data_dir, self.layout or "split", self.classes)
         if self.noisy_labels:
             train_items = relabel(train_items, self.data_dir, self.classes, self.noisy_labels)
-        self.train_set, self.val_set = self._images("train", train_items), self._images("val", val_items)
+        cached = self.use_cache(len(train_items) + len(val_items), agree=True)
+        self.train_set = self._images("train", train_items, cached)
+        self.val_set = self._images("val", val_items, cached)
         if len(self.train_set) < self.batch_size:
             raise ValueError(
                 f"batch_size={self.batch_size} is more than the {len(self.train_set)} training images (the last "
                 "partial batch is dropped, so an epoch would be empty): use a smaller batch_size"
             )
 
-    def _images(self, split: str, items: Items) -> PresizedImages | CachedImages:
-        train = split == "train"
-        if self.cache:
-            return CachedImages(self._cached_pixels(split, items), items, train=train)
-        return PresizedImages(items, self.presize, train=train, skip_bad_images=self.skip_bad_images)
+    def _images(self, split: str, items: Items, cached: bool) -> PresizedImages | CachedImages:
+        if cached:
+            return CachedImages(self._cached_pixels(split, items), items, train=split == "train")
+        return PresizedImages(items, self.presize, train=split == "train", skip_bad_images=self.skip_bad_images)
 
     def _loader(self, dataset: Dataset | None, batch_size: int, train: bool) -> DataLoader:
         if dataset is None:
@@ -211,15 +216,17 @@ class ImagenetteDataModule(BatchTransforms, L.LightningDataModule):
         elif world > 1:
             # Lightning's default DistributedSampler would repeat samples to even out the ranks, skewing the metrics.
             sampler = UnrepeatedDistributedSampler(dataset, world, rank, shuffle=False)
+        device = self.trainer.strategy.root_device if self.trainer is not None else None
+        workers = loader_workers(self.num_workers, isinstance(self.train_set, CachedImages), device)
         return DataLoader(
             dataset,
             batch_size=batch_size,
             sampler=sampler,
             drop_last=train,
-            num_workers=self.num_workers,
+            num_workers=workers,
             collate_fn=collate_skipping,
             pin_memory=torch.cuda.is_available(),
-            persistent_workers=self.num_workers > 0,
+            persistent_workers=workers > 0,
         )
 
     @property
@@ -267,11 +274,7 @@ class ImagenetteDataModule(BatchTransforms, L.LightningDataModule):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what ``state_dict`` saved."""
-        self.train_size, self.val_size, self.batch_size = (
-            state["train_size"],
-            state["val_size"],
-            state["batch_size"],
-        )
+        self.train_size, self.val_size, self.batch_size = (state[k] for k in ("train_size", "val_size", "batch_size"))
         self.normalization.load_state_dict(state)
         if state.get("split") is not None:  # checkpoints from before the split was recorded have none
             self.splitter.load_state_dict(state["split"], self.layout)
