@@ -1,17 +1,20 @@
 """The ``imagenette-sota`` command: LightningCLI over ImagenetteClassifier and ImagenetteDataModule.
 
 ``fit``, ``validate``, ``test`` and ``predict`` are Lightning's; ``tta`` scores a checkpoint with test-time
-augmentation. Every run logs to TensorBoard (``lightning_logs/<trainer.logger.init_args.name>/version_N``) with a
-``LearningRateMonitor`` (lr and momentum per step), ``TrainScalars`` (image size, batch size, images/s) and
-``Inspection`` (images, confusion matrix, top losses), and times its one-cycles with ``OneCycles``; they are
-configured under the top-level keys ``lr_monitor``, ``train_scalars``, ``inspection`` and ``cycles``. Checkpoints
-are written atomically (``trainer.plugins``: ``AtomicCheckpointIO``) and loaded with ``weights_only=True``; one of
-another architecture or number of classes is refused with the mismatching shapes.
+augmentation, and ``final_tta`` (a top-level key: ``final_tta: {mode: flip}``) does so at the end of a ``fit``, on
+the final weights (the averaged ones under ``EMAWeightAveraging``), inside the fit's wall time. Every run logs to
+TensorBoard (``lightning_logs/<trainer.logger.init_args.name>/version_N``) with a ``LearningRateMonitor`` (lr and
+momentum per step), ``TrainScalars`` (image size, batch size, images/s) and ``Inspection`` (images, confusion
+matrix, top losses), and times its one-cycles with ``OneCycles``; they are configured under the top-level keys
+``lr_monitor``, ``train_scalars``, ``inspection`` and ``cycles``. Checkpoints are written atomically
+(``trainer.plugins``: ``AtomicCheckpointIO``) and loaded with ``weights_only=True``; one of another architecture or
+number of classes is refused with the mismatching shapes.
 """
 
 from __future__ import annotations
 
 import sys
+import time
 from typing import Any
 
 import lightning as L
@@ -89,6 +92,12 @@ class ImagenetteCLI(LightningCLI):
         parser.add_lightning_class_args(TrainScalars, "train_scalars")
         parser.add_lightning_class_args(Inspection, "inspection")
         parser.add_lightning_class_args(OneCycles, "cycles")
+        parser.add_argument(
+            "--final_tta",
+            type=TTASettings | None,
+            default=None,
+            help="after fit: test-time augmentation of the final weights on the validation set (e.g. {mode: flip})",
+        )
         parser.set_defaults(
             {
                 "trainer.logger": {
@@ -126,10 +135,25 @@ class ImagenetteCLI(LightningCLI):
         return trainer
 
     def after_fit(self) -> None:
-        """Print the final validation metrics, the number a fit is run for."""
+        """Print the final validation metrics, the number a fit is run for; then the ``final_tta``, if configured."""
         metrics = {k: round(v.item(), 4) for k, v in self.trainer.callback_metrics.items() if k.startswith("val/")}
         if metrics and self.trainer.is_global_zero:
             print("final " + "  ".join(f"{k}={v}" for k, v in sorted(metrics.items())))
+        settings = self.config_init[self.subcommand].get("final_tta")
+        if settings is not None:
+            self.final_tta = final_tta(self.trainer, self.model, self.datamodule, settings)
+            if self.trainer.is_global_zero:
+                print(f"final_tta ({settings.mode}) acc={self.final_tta['acc']:.4f} in {self.final_tta['s']:.1f} s")
+
+
+def final_tta(
+    trainer: L.Trainer, model: L.LightningModule, datamodule: L.LightningDataModule, settings: TTASettings
+) -> dict[str, float]:
+    """Timed TTA after a fit: {"acc", "s" (the seconds it took), "end" (``time.perf_counter()`` at its end)}."""
+    start = time.perf_counter()
+    probs, targets = test_time_augmentation(trainer, model, datamodule, settings)
+    end = time.perf_counter()
+    return {"acc": (probs.argmax(1) == targets).float().mean().item(), "s": end - start, "end": end}
 
 
 def config_error(error: BaseException, settings: Any = None) -> str | None:

@@ -62,8 +62,12 @@ class Record(Callback):
         Path(self.path).write_text(json.dumps(record))
 
 
-def config(mini_dir: Path, run: Path, kill: bool) -> Path:
-    """A 4-epoch fit: 32 px / batch 32 / the module's cycle, then from epoch 2 40 px / batch 24 / a new cycle."""
+def config(mini_dir: Path, run: Path, kill: bool, ema: bool = False) -> Path:
+    """A 4-epoch fit: 32 px / batch 32 / the module's cycle, then from epoch 2 40 px / batch 24 / a new cycle.
+
+    ``ema``: with Lightning's EMAWeightAveraging (the checkpoint's state_dict is then the average, the trained
+    weights are under current_model_state).
+    """
     callbacks = [
         {
             "class_path": "imagenette_sota.callbacks.ProgressiveResize",
@@ -81,6 +85,10 @@ def config(mini_dir: Path, run: Path, kill: bool) -> Path:
         },
         {"class_path": "tests.test_resume.Record", "init_args": {"path": str(run / "record.json")}},
     ]
+    if ema:
+        callbacks.insert(
+            1, {"class_path": "lightning.pytorch.callbacks.EMAWeightAveraging", "init_args": {"decay": 0.9}}
+        )
     if kill:
         kill_at = {"epoch": KILL_EPOCH, "batch": KILL_BATCH}
         callbacks.append({"class_path": "tests.test_resume.KillAt", "init_args": kill_at})
@@ -129,13 +137,14 @@ def finish(process: subprocess.Popen) -> tuple[int, str]:
     return process.returncode, out
 
 
-def weights(run: Path) -> dict[str, torch.Tensor]:
-    return torch.load(run / "ckpt" / "last.ckpt", weights_only=True)["state_dict"]
+def weights(run: Path, key: str = "state_dict") -> dict[str, torch.Tensor]:
+    return torch.load(run / "ckpt" / "last.ckpt", weights_only=True)[key]
 
 
-def test_a_run_killed_mid_epoch_resumes_exactly(mini_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("ema", [False, True], ids=["plain", "ema"])
+def test_a_run_killed_mid_epoch_resumes_exactly(mini_dir: Path, tmp_path: Path, ema: bool) -> None:
     whole, broken = tmp_path / "whole", tmp_path / "broken"
-    runs = [launch(config(mini_dir, whole, kill=False)), launch(config(mini_dir, broken, kill=True))]
+    runs = [launch(config(mini_dir, whole, False, ema)), launch(config(mini_dir, broken, True, ema))]
     (whole_rc, whole_out), (broken_rc, broken_out) = (finish(p) for p in runs)
     assert whole_rc == 0, whole_out
     assert broken_rc == -signal.SIGKILL, broken_out
@@ -144,17 +153,21 @@ def test_a_run_killed_mid_epoch_resumes_exactly(mini_dir: Path, tmp_path: Path) 
     assert saved["epoch"] == KILL_EPOCH - 1
     assert sorted(p.name for p in (broken / "ckpt").iterdir()) == [f"epoch={KILL_EPOCH - 1}.ckpt", "last.ckpt"]
 
-    rc, out = finish(launch(config(mini_dir, broken, kill=False), "--ckpt_path", "last"))
+    rc, out = finish(launch(config(mini_dir, broken, False, ema), "--ckpt_path", "last"))
     assert rc == 0, out
     expected, resumed = (json.loads((run / "record.json").read_text()) for run in (whole, broken))
     assert expected["epochs"] == list(range(EPOCHS)) and resumed["epochs"] == list(range(KILL_EPOCH, EPOCHS))
     assert resumed["sizes"] == expected["sizes"] == [40, None, 24]  # validation follows the train size
     assert resumed["lr"] == expected["lr"] == pytest.approx(5e-3 / 1e5)  # the second cycle ran to its end
     assert resumed["metrics"] == expected["metrics"] and "val/acc" in expected["metrics"]
-    final, reference = weights(broken), weights(whole)
-    assert final.keys() == reference.keys()
-    for name, value in reference.items():
-        assert torch.equal(final[name], value), name
+    for key in ("state_dict", "current_model_state") if ema else ("state_dict",):  # the average and the weights
+        final, reference = weights(broken, key), weights(whole, key)
+        assert final.keys() == reference.keys()
+        for name, value in reference.items():
+            assert torch.equal(final[name], value), f"{key}: {name}"
+    if ema:
+        averaged, trained = weights(whole), weights(whole, "current_model_state")
+        assert not all(torch.equal(averaged[k], trained[k]) for k in trained)
 
 
 def test_validating_changes_no_trained_weight(mini_dir: Path, one_thread: None) -> None:
