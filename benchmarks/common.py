@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -29,7 +30,7 @@ def imagenette160(mini: bool = False) -> Path:
     from imagenette_sota.data import ImagenetteDataModule
 
     archive, md5 = (MINI_ARCHIVE, MINI_MD5) if mini else (FULL_ARCHIVE, FULL_MD5)
-    dm = ImagenetteDataModule(root=DATA_ROOT, url=str(archive), md5=md5)
+    dm = ImagenetteDataModule(root=DATA_ROOT, url=str(archive), md5=md5, cache=False)  # extract only
     dm.prepare_data()
     return dm.data_dir
 
@@ -63,10 +64,31 @@ def images_per_second(batches: Iterable, consume: Callable[[object], int], warmu
 
 
 def peak_rss_gib() -> float:
-    """Peak resident memory of this process and its finished children, GiB."""
+    """Peak resident memory of this process (since ``reset_peak_rss``) and its finished children, GiB."""
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    try:  # VmHWM: the peak that reset_peak_rss can reset (Linux)
+        status = Path("/proc/self/status").read_text()
+        own = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        pass
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return max(own, children) / 2**20
+
+
+def reset_peak_rss() -> None:
+    """Start this process's peak resident memory afresh (Linux ``clear_refs``; elsewhere nothing changes)."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+# A CLI fit that measures the recipe and nothing else: no logger, checkpoints, bars, summary or sanity check.
+QUIET_FIT = [
+    "--trainer.logger=false",
+    "--trainer.enable_checkpointing=false",
+    "--trainer.enable_progress_bar=false",
+    "--trainer.enable_model_summary=false",
+    "--trainer.num_sanity_val_steps=0",
+]
 
 
 def machine() -> str:
@@ -80,8 +102,13 @@ def report(figures: dict) -> None:
     print(json.dumps(figures), flush=True)
 
 
-def fastai_dataloaders(data_dir: Path, presize: int, size: int, bs: int, workers: int, device: str | None = None):
-    """fastai's DataBlock for the chapter: ``Resize(presize)``, ``aug_transforms(size, min_scale=0.75)``, Normalize."""
+def fastai_dataloaders(
+    data_dir: Path, presize: int, size: int, bs: int, workers: int | None, device: str | None = None
+):
+    """fastai's DataBlock for the chapter: ``Resize(presize)``, ``aug_transforms(size, min_scale=0.75)``, Normalize.
+
+    ``workers`` None: fastai's own default (``defaults.cpus``, every core up to 16).
+    """
     import torch
     from fastai.vision.all import (
         CategoryBlock,
@@ -104,7 +131,8 @@ def fastai_dataloaders(data_dir: Path, presize: int, size: int, bs: int, workers
         item_tfms=Resize(presize),
         batch_tfms=[*aug_transforms(size=size, min_scale=0.75), Normalize.from_stats(*imagenet_stats)],
     )
-    return block.dataloaders(data_dir, bs=bs, num_workers=workers, device=torch.device(device) if device else None)
+    workers_kw = {} if workers is None else {"num_workers": workers}
+    return block.dataloaders(data_dir, bs=bs, device=torch.device(device) if device else None, **workers_kw)
 
 
 def tiny_checkpoint(

@@ -1,7 +1,12 @@
 """The CPU proxy recipe side by side with fastai, plus the model-compute floor, on imagenette2-160 (official val).
 
     python -m benchmarks.cpu_proxy [--epochs 5 --arch xresnet18 --presize 128 --size 64 --bs 64 --lr 3e-3]
-    python -m benchmarks.cpu_proxy --cache --workers 0 --ramp 48 --tta --skip-fastai  # progressive + TTA rows
+    python -m benchmarks.cpu_proxy --ramp 48 --tta --skip-fastai  # progressive + TTA rows
+    python -m benchmarks.cpu_proxy --mini --epochs 1 --limit-batches 3  # a smoke run on the 300-image archive
+
+With no arguments both sides run on the defaults a user gets: ours with ImagenetteDataModule's own cache and worker
+defaults (``--cache``/``--no-cache``, ``--workers`` override them), fastai with its own default workers
+(``--fastai-workers``). Each side's peak resident memory is reported (``*_peak_rss_gib``).
 
 Recipe: xresnet18 from scratch, presize 128, 64 px, batch 64, one-cycle at 3e-3, no mixup, no label
 smoothing, validation every epoch. The floor is (train-step time x train steps) + (eval-step time x eval
@@ -24,14 +29,16 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import fastai_dataloaders, imagenette160, peak_rss_gib, quiet_trainer, report
+from benchmarks.common import fastai_dataloaders, imagenette160, peak_rss_gib, quiet_trainer, report, reset_peak_rss
 from imagenette_sota import models
 from imagenette_sota.callbacks import ProgressiveResize, Ramp, TTASettings, tta
 from imagenette_sota.data import ImagenetteDataModule
+from imagenette_sota.data.cache import CachedImages
 from imagenette_sota.module import ImagenetteClassifier
 from imagenette_sota.schedule import Cycle, adam
 
 TRAIN_IMAGES, VAL_IMAGES = 9469, 3925
+MINI_TRAIN, MINI_VAL = 200, 100
 
 
 def step_times(
@@ -67,12 +74,13 @@ def step_times(
 
 
 def floor_seconds(
-    arch: str, sizes: list[int], bs: int, val_bs: int, val_size: int, channels_last: bool
+    arch: str, sizes: list[int], bs: int, val_bs: int, val_size: int, channels_last: bool, mini: bool = False
 ) -> dict[str, float]:
     """Model-compute floor: per-step times on random tensors x the recipe's step counts (``sizes``: per epoch)."""
     times = {s: step_times(arch, s, bs, val_bs, val_size, channels_last) for s in sorted(set(sizes))}
     t_eval = times[sizes[-1]][1]
-    steps_train, steps_eval = TRAIN_IMAGES // bs, math.ceil(VAL_IMAGES / val_bs)
+    train, val = (MINI_TRAIN, MINI_VAL) if mini else (TRAIN_IMAGES, VAL_IMAGES)
+    steps_train, steps_eval = train // bs, math.ceil(val / val_bs)
     return {
         "floor_train_ips": bs / times[sizes[-1]][0],
         "floor_eval_ips": val_bs / t_eval,
@@ -150,6 +158,8 @@ def ours(data_dir, args: argparse.Namespace) -> tuple[dict, ImagenetteClassifier
     wall = time.perf_counter() - start
     run = {"ours_acc": clock.accs[-1], "ours_s": wall, "ours_epoch_acc": clock.accs, "ours_epoch_s": clock.times}
     run["ours_val_s"] = clock.val_s
+    run["ours_cache"] = isinstance(dm.train_set, CachedImages)  # what the defaults (or the options) came to
+    run["ours_workers"] = trainer.train_dataloader.num_workers
     return run, model, dm
 
 
@@ -180,7 +190,7 @@ def fastai_tta(data_dir, model: ImagenetteClassifier, args: argparse.Namespace) 
     from fastai.vision.all import CrossEntropyLossFlat, Learner, accuracy
     from fastai.vision.models import xresnet as fa_models
 
-    dls = fastai_dataloaders(data_dir, args.presize, args.size, args.bs, args.workers)
+    dls = fastai_dataloaders(data_dir, args.presize, args.size, args.bs, args.fastai_workers)
     net = getattr(fa_models, args.arch)(n_out=10)
     net.load_state_dict(model.model.state_dict())  # same keys and shapes (tests/test_xresnet.py)
     learn = Learner(dls, net, loss_func=CrossEntropyLossFlat(), metrics=accuracy)
@@ -204,7 +214,7 @@ def fastai_run(data_dir, args: argparse.Namespace) -> dict:
 
     # fit_one_cycle has no size ramp and validates at the train size: a --ramp or --val-size applies to ours only.
     set_seed(0)
-    dls = fastai_dataloaders(data_dir, args.presize, args.size, args.bs, args.workers)
+    dls = fastai_dataloaders(data_dir, args.presize, args.size, args.bs, args.fastai_workers)
     loss = LabelSmoothingCrossEntropyFlat(args.label_smoothing) if args.label_smoothing else CrossEntropyLossFlat()
     learn = Learner(dls, getattr(fa_models, args.arch)(n_out=10), loss_func=loss, metrics=accuracy)
     start = time.perf_counter()
@@ -245,8 +255,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--bs", type=int, default=64)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--label-smoothing", type=float, default=0.0)
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--cache", action="store_true", help="our side reads the decode-once cache")
+    p.add_argument("--workers", type=int, help="our loader workers (default: the data module's for this machine)")
+    p.add_argument("--fastai-workers", type=int, help="fastai's loader workers (default: fastai's own)")
+    cache_help = "our side reads the decode-once cache, or not (default: the data module's: on when it fits)"
+    p.add_argument("--cache", action=argparse.BooleanOptionalAction, default=None, help=cache_help)
+    p.add_argument("--mini", action="store_true", help="the 300-image archive (smoke runs)")
     p.add_argument("--nchw", action="store_true", help="our model in contiguous NCHW, not the default channels_last")
     p.add_argument("--ramp", type=int, metavar="MIN", help="progressive resizing from MIN px to --size")
     p.add_argument("--limit-batches", type=int, help="train/val batches per epoch of our fit (smoke runs only)")
@@ -259,8 +272,11 @@ def recipe(args: argparse.Namespace) -> dict:
     """The recipe's settings and its model-compute floor, printed as they are measured."""
     keys = ("arch", "epochs", "presize", "size", "val_size", "ramp", "bs", "lr", "label_smoothing", "workers", "cache")
     figures: dict = {k: getattr(args, k) for k in keys} | {"sizes": epoch_sizes(args), "channels_last": not args.nchw}
+    figures |= {"fastai_workers": args.fastai_workers, "mini": args.mini}
     val_size = args.val_size or args.size
-    figures |= floor_seconds(args.arch, figures["sizes"], args.bs, args.bs, val_size, channels_last=not args.nchw)
+    figures |= floor_seconds(
+        args.arch, figures["sizes"], args.bs, args.bs, val_size, channels_last=not args.nchw, mini=args.mini
+    )
     print(f"floor: {figures['floor_s']:.0f} s", flush=True)
     return figures
 
@@ -269,9 +285,10 @@ def main() -> None:
     p = parser()
     p.add_argument("--tta", action="store_true", help="TTA rows on our weights (and fastai's tta on them)")
     args = p.parse_args()
-    data_dir = imagenette160()
+    data_dir = imagenette160(args.mini)
     figures = recipe(args)
     if not args.skip_ours:
+        reset_peak_rss()
         run, model, dm = ours(data_dir, args)
         figures |= run
         figures["ours_peak_rss_gib"] = peak_rss_gib()
@@ -284,7 +301,9 @@ def main() -> None:
             except ImportError:
                 print("fastai is not installed (make install-bench): no fastai tta row", flush=True)
     if not args.skip_fastai:
+        reset_peak_rss()
         figures |= fastai_run(data_dir, args)
+        figures["fastai_peak_rss_gib"] = peak_rss_gib()  # its loader processes included once they have ended
         figures["fastai_vs_floor"] = figures["fastai_s"] / figures["floor_s"]
         print(f"fastai: {figures['fastai_acc']:.4f} in {figures['fastai_s']:.0f} s", flush=True)
     if "ours_s" in figures and "fastai_s" in figures:

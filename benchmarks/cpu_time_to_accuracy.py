@@ -1,25 +1,42 @@
-"""The shortest wall time to a target validation accuracy on imagenette2-160 (official val), on this CPU.
+"""The shortest wall time to a target validation accuracy on imagenette2-160 (official val), ours vs fastai.
 
-    python -m benchmarks.cpu_time_to_accuracy [--target 0.80] [recipe options of benchmarks.cpu_proxy]
+    python -m benchmarks.cpu_time_to_accuracy                       # configs/cpu_speedrun.yaml, then fastai
+    python -m benchmarks.cpu_time_to_accuracy --lever base ema      # one lever at a time on configs/cpu_base.yaml
+    python -m benchmarks.cpu_time_to_accuracy --mini --epochs 1 --limit-batches 3   # a smoke run
 
-Trains one recipe of this suite (the options are cpu_proxy's: arch, epochs, presize, size, --ramp for
-progressive resizing, --val-size, label smoothing, ...), validating after every epoch, and reports the wall
-time from the start of the fit to the end of the first validation at or above ``--target`` (training and
-every validation so far included; data preparation and the decode-once cache build excluded), and
-``ours_time_to_target_one_val_s``: the same less the earlier validations, i.e. a run that validates once
-(``ours_one_val_s``: the whole run validating only at its end).
-fastai runs the same recipe where its ``fit_one_cycle`` can express it (fixed train size, validation at the train size);
-with a ramp it trains at the fixed ``--fastai-size`` (default ``--size``), validating at that size. The schedule is one
-cycle over ``--epochs``: time-to-accuracy is the time of the shortest such run that ends above the target,
-not of a longer run that passes it midway. Last line: one JSON object.
+Ours is a recipe read from config files, run through the ``imagenette-sota fit`` CLI itself (no logger, no
+checkpoints): by default ``configs/cpu_speedrun.yaml``; ``--lever NAME ...`` runs ``configs/cpu_base.yaml`` with
+``configs/cpu_levers/NAME.yaml`` on top, one run per name (``base``: the base alone), so each lever's accuracy and
+time can be compared with the base's. fastai runs the chapter's recipe with ``fit_one_cycle`` (its DataBlock:
+``Resize(presize)``, ``aug_transforms(size, min_scale=0.75)``, ImageNet normalization; cpu_proxy's ``fastai_run``) at
+``--fastai-epochs`` (8), with fastai's default loader workers.
+
+The clock starts when the fit starts (data preparation and the one-time cache build before it excluded) and reads
+at every validation's end, and at the end of the config's ``final_tta`` (flip TTA after the fit). Reported:
+``ours_time_to_target_s``, the first of those at or above ``--target``; ``ours_time_to_target_one_val_s``, the
+same less the validations before it (a run that validates only there: validating draws nothing that training
+uses, tests/test_resume.py); fastai's ``fastai_time_to_target_s``; ``time_ratio_vs_fastai`` of the first two
+that reached it (or of the first and fastai's); and each side's peak resident memory. Last line: one JSON object.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
+import time
+from pathlib import Path
 
-from benchmarks.common import imagenette160, peak_rss_gib, report
-from benchmarks.cpu_proxy import fastai_run, ours, parser, recipe, rounded
+from benchmarks.common import QUIET_FIT, REPO, imagenette160, peak_rss_gib, report, reset_peak_rss
+from benchmarks.cpu_proxy import EpochClock, fastai_run, rounded
+
+SPEEDRUN = REPO / "configs" / "cpu_speedrun.yaml"
+BASE = REPO / "configs" / "cpu_base.yaml"
+LEVERS = REPO / "configs" / "cpu_levers"
+
+
+def lever_names() -> list[str]:
+    """``base`` and the overlays in configs/cpu_levers/."""
+    return ["base", *sorted(p.stem for p in LEVERS.glob("*.yaml"))]
 
 
 def first_reaching(times: list[float], accs: list[float], target: float) -> float | None:
@@ -28,44 +45,116 @@ def first_reaching(times: list[float], accs: list[float], target: float) -> floa
 
 
 def validating_once(times: list[float], val_s: list[float], accs: list[float], target: float | None) -> float | None:
-    """Wall seconds at the first validation >= ``target`` (None: the last one), less the validations before it.
-
-    Our training draws no randomness from the global streams (imagenette_sota.seeds), so validating or not
-    leaves the trained weights unchanged: this is the time of a run that validates only there, to timing noise.
-    """
+    """Wall seconds at the first validation >= ``target`` (None: the last one), less the validations before it."""
     last = len(accs) - 1
     hit = last if target is None else next((i for i, a in enumerate(accs) if a >= target), None)
     return None if hit is None else times[hit] - sum(val_s[:hit])
 
 
-def main() -> None:
-    p = parser()
-    p.description = __doc__
+def ours(configs: list[Path], data_dir: Path, args: argparse.Namespace, name: str) -> dict:
+    """Fit the recipe of ``configs`` through the CLI; per-validation wall time and accuracy, ``final_tta`` last."""
+    from imagenette_sota.cli import cli
+
+    overrides = ["--data.root", str(data_dir), "--seed_everything", "0", *QUIET_FIT]
+    if args.epochs is not None:
+        overrides += ["--trainer.max_epochs", str(args.epochs)]
+    if args.limit_batches is not None:
+        n = str(args.limit_batches)
+        overrides += ["--trainer.limit_train_batches", n, "--trainer.limit_val_batches", n]
+    args_list = ["fit", *(x for c in configs for x in ("--config", str(c))), *overrides]
+    print(f"{name}: imagenette-sota {' '.join(args_list)}", flush=True)
+    clock = EpochClock()
+    reset_peak_rss()
+    start = time.perf_counter()
+    run = cli(args_list, trainer_defaults={"callbacks": [clock]})
+    wall = time.perf_counter() - start  # from the CLI's start: parsing, data preparation and the cache included
+    times, val_s, accs = list(clock.times), list(clock.val_s), list(clock.accs)
+    tta = getattr(run, "final_tta", None)
+    if tta is not None:  # the end-of-fit TTA is one more "validation": its accuracy at the time it ended
+        times.append(tta["end"] - clock.start)
+        val_s.append(tta["s"])
+        accs.append(tta["acc"])
+    out = {
+        "configs": [str(c.relative_to(REPO)) if c.is_relative_to(REPO) else str(c) for c in configs],
+        "acc": accs[-1],
+        "fit_s": times[-1],
+        "cli_s": wall,
+        "epoch_acc": clock.accs,
+        "epoch_s": clock.times,
+        "val_s": clock.val_s,
+        "final_tta": tta,
+        "cache": type(run.datamodule.train_set).__name__ == "CachedImages",
+        "workers": run.trainer.train_dataloader.num_workers if run.trainer.train_dataloader is not None else None,
+        "time_to_target_s": first_reaching(times, accs, args.target),
+        "time_to_target_one_val_s": validating_once(times, val_s, accs, args.target),
+        "one_val_s": validating_once(times, val_s, accs, None),
+        "peak_rss_gib": peak_rss_gib(),
+    }
+    print(
+        f"{name}: {out['acc']:.4f} at {out['fit_s']:.0f} s; {args.target:.0%} at {out['time_to_target_s']}", flush=True
+    )
+    del run
+    gc.collect()
+    return out
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", type=Path, nargs="+", default=[SPEEDRUN], help="our recipe (several: composed)")
+    p.add_argument("--lever", nargs="+", choices=lever_names(), help="runs on configs/cpu_base.yaml, one per name")
     p.add_argument("--target", type=float, default=0.80, help="validation accuracy to reach")
-    p.add_argument("--fastai-size", type=int, help="fastai's fixed size when the recipe ramps (default: --size)")
-    p.add_argument("--fastai-workers", type=int, default=2, help="fastai's loader workers (it has no cache)")
-    args = p.parse_args()
-    data_dir = imagenette160()
-    figures = recipe(args) | {"target": args.target}
+    p.add_argument("--epochs", type=int, help="override the configs' max_epochs (smoke runs); fastai: --fastai-epochs")
+    p.add_argument("--limit-batches", type=int, help="train/val batches per epoch of our fits (smoke runs only)")
+    p.add_argument("--mini", action="store_true", help="the 300-image archive (smoke runs)")
+    p.add_argument("--skip-fastai", action="store_true")
+    p.add_argument("--skip-ours", action="store_true")
+    fastai = p.add_argument_group("fastai's side: the chapter's recipe at the CPU proxy's scale")
+    fastai.add_argument("--fastai-epochs", type=int, default=8)
+    fastai.add_argument("--fastai-arch", default="xresnet18")
+    fastai.add_argument("--fastai-presize", type=int, default=128)
+    fastai.add_argument("--fastai-size", type=int, default=64)
+    fastai.add_argument("--fastai-bs", type=int, default=64)
+    fastai.add_argument("--fastai-lr", type=float, default=3e-3)
+    fastai.add_argument("--fastai-label-smoothing", type=float, default=0.0)
+    fastai.add_argument("--fastai-workers", type=int, help="default: fastai's own (every core up to 16)")
+    return p
+
+
+def main() -> None:
+    args = parser().parse_args()
+    data_dir = imagenette160(args.mini)
+    figures: dict = {"target": args.target, "mini": args.mini, "limit_batches": args.limit_batches}
+    runs = (
+        {"ours": args.config}
+        if not args.lever
+        else {n: [BASE] + ([] if n == "base" else [LEVERS / f"{n}.yaml"]) for n in args.lever}
+    )
     if not args.skip_ours:
-        run, _, _ = ours(data_dir, args)
-        figures |= run
-        figures["ours_peak_rss_gib"] = peak_rss_gib()
-        figures["ours_time_to_target_s"] = first_reaching(run["ours_epoch_s"], run["ours_epoch_acc"], args.target)
-        clock = run["ours_epoch_s"], run["ours_val_s"], run["ours_epoch_acc"]
-        figures["ours_time_to_target_one_val_s"] = validating_once(*clock, args.target)
-        figures["ours_one_val_s"] = validating_once(*clock, None)
-        print(f"ours: {run['ours_acc']:.4f} in {run['ours_s']:.0f} s", flush=True)
+        for name, configs in runs.items():
+            figures |= {f"{name}_{k}": v for k, v in ours(configs, data_dir, args, name).items()}
     if not args.skip_fastai:
-        fastai_args = argparse.Namespace(**vars(args))
-        fastai_args.size, fastai_args.workers = args.fastai_size or args.size, args.fastai_workers
-        figures |= {"fastai_size": fastai_args.size, "fastai_workers": fastai_args.workers}
+        fastai_args = argparse.Namespace(
+            arch=args.fastai_arch,
+            presize=args.fastai_presize,
+            size=args.fastai_size,
+            bs=args.fastai_bs,
+            lr=args.fastai_lr,
+            epochs=args.fastai_epochs,
+            label_smoothing=args.fastai_label_smoothing,
+            fastai_workers=args.fastai_workers,
+        )
+        figures |= {f"fastai_{k}": v for k, v in vars(fastai_args).items()}
+        reset_peak_rss()
         run = fastai_run(data_dir, fastai_args)
         figures |= run
+        figures["fastai_peak_rss_gib"] = peak_rss_gib()
         figures["fastai_time_to_target_s"] = first_reaching(run["fastai_epoch_s"], run["fastai_epoch_acc"], args.target)
         print(f"fastai: {run['fastai_acc']:.4f} in {run['fastai_s']:.0f} s", flush=True)
-    if figures.get("ours_time_to_target_s") and figures.get("fastai_time_to_target_s"):
-        figures["time_ratio_vs_fastai"] = figures["ours_time_to_target_s"] / figures["fastai_time_to_target_s"]
+    for name in runs:
+        ours_s, fastai_s = figures.get(f"{name}_time_to_target_s"), figures.get("fastai_time_to_target_s")
+        if ours_s and fastai_s:
+            key = "time_ratio_vs_fastai" if name == "ours" else f"{name}_time_ratio_vs_fastai"
+            figures[key] = ours_s / fastai_s
     report(rounded(figures))
 
 

@@ -183,8 +183,10 @@ def config_error(error: BaseException, settings: Any = None) -> str | None:
     return f"error: {', '.join(keys)}: {message}\n  {fix}"
 
 
-def cli(args: list[str] | None = None) -> ImagenetteCLI:
-    """Run the CLI on ``args`` (None: the command line) and return it, for tests and notebooks.
+def cli(args: list[str] | None = None, **kwargs: Any) -> ImagenetteCLI:
+    """Run the CLI on ``args`` (None: the command line) and return it, for tests, notebooks and benchmarks.
+
+    ``kwargs`` go to LightningCLI (e.g. ``trainer_defaults={"callbacks": [...]}`` adds callbacks to the config's).
 
     A setting that a class rejects ends the run like a parser error (a message on stderr, exit status 2).
     """
@@ -196,6 +198,7 @@ def cli(args: list[str] | None = None) -> ImagenetteCLI:
             seed_everything_default=seeds.DEFAULT,
             args=args,
             save_config_kwargs={"overwrite": True},
+            **kwargs,
         )
     except ConfigurationError as error:
         print(error, file=sys.stderr)

@@ -21,7 +21,7 @@ def extract(archive: Path, md5: str, scratch: Path, workers: int) -> tuple[Path,
     """Extract ``archive`` with the suite's own prepare_data into ``scratch``; return the folder and seconds."""
     from imagenette_sota.data import ImagenetteDataModule
 
-    dm = ImagenetteDataModule(root=scratch, url=str(archive), md5=md5, num_workers=workers)
+    dm = ImagenetteDataModule(root=scratch, url=str(archive), md5=md5, num_workers=workers, cache=False)
     start = time.perf_counter()
     dm.prepare_data()
     return dm.data_dir, {"extract_s": time.perf_counter() - start}

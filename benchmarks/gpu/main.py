@@ -44,14 +44,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=min(max((os.cpu_count() or 1) - 2, 1), 16))
     parser.add_argument("--warmup", type=int, default=5, help="untimed batches (cuDNN autotuning, compiling)")
     parser.add_argument("--batches", type=int, default=25, help="timed batches per setting")
-    parser.add_argument("--t90-arch", default="xresnet50")
-    parser.add_argument("--t90-epochs", type=int, default=20)
-    parser.add_argument("--t90-small", type=int, default=96, help="train size (px) of the first epochs")
-    parser.add_argument("--t90-switch", type=int, default=8, help="epoch from which --t90-size is used")
-    parser.add_argument("--t90-size", type=int, default=128, help="later train size and the validation size (px)")
-    parser.add_argument("--t90-bs", type=int, default=256)
-    parser.add_argument("--t90-lr", type=float, default=8e-3)
-    parser.add_argument("--t90-min-scale", type=float, default=0.35)
+    parser.add_argument("--t90-config", type=Path, default=REPO / "configs" / "gpu_time_to_90.yaml")
     parser.add_argument("--t90-loader", choices=("workers", "device"), default="workers")
     parser.add_argument("--t90-target", type=float, default=0.90)
     parser.add_argument("--t90-max-s", type=float, default=170.0, help="stop the fit after this many seconds")
@@ -65,9 +58,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     args.budget = args.budget or (1800.0 if args.smoke else 440.0)
     if args.smoke:
         args.fp32 = args.fp32 or args.device == "cpu"
-        args.arch = args.t90_arch = "xresnet18"
-        args.sizes, args.presize, args.bs, args.t90_bs = [32], 32, 8, 8
-        args.t90_small, args.t90_size, args.t90_switch, args.t90_epochs = 24, 32, 1, 2
+        args.arch = "xresnet18"
+        args.sizes, args.presize, args.bs = [32], 32, 8
+        args.t90_bs, args.t90_epochs = 8, 2  # time_to_90 on the config's structure with these (see time_to_target)
         args.warmup, args.batches, args.workers, args.decode_images = 1, 2, min(args.workers, 2), 40
         args.scratch = args.scratch.with_name(args.scratch.name + "-smoke")
         if args.out == REPO / "benchmarks" / "out" / "gpu":

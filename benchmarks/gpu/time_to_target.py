@@ -1,4 +1,4 @@
-"""The time_to_90 section: a from-scratch fit until validation accuracy reaches the target."""
+"""The time_to_90 section: configs/gpu_time_to_90.yaml fitted from scratch until val accuracy reaches the target."""
 
 from __future__ import annotations
 
@@ -12,37 +12,22 @@ import torch
 from benchmarks import fast_paths
 from benchmarks.gpu.data import device_data_module
 from benchmarks.gpu.run import Run, free
-from benchmarks.gpu.trainer import quiet_trainer
 
 
 def time_to_target(
     args: argparse.Namespace, run: Run, data_dir: Path, device: torch.device, deadline: float
 ) -> dict[str, Any]:
-    """Wall seconds of a from-scratch fit until val accuracy >= target (or the best accuracy by the deadline)."""
+    """Wall seconds of a fit of ``--t90-config`` from scratch until val accuracy >= target (or the best by then)."""
     import lightning as L
 
-    from imagenette_sota import models
-    from imagenette_sota.callbacks import ProgressiveResize, Stage
+    from benchmarks.common import QUIET_FIT
+    from imagenette_sota.cli import ImagenetteCLI, ImagenetteTrainer
     from imagenette_sota.data import ImagenetteDataModule
-    from imagenette_sota.data.augment import Augment
     from imagenette_sota.module import ImagenetteClassifier
-    from imagenette_sota.schedule import Cycle
 
     out: dict[str, Any] = {
-        "recipe": {
-            "arch": args.t90_arch,
-            "epochs": args.t90_epochs,
-            "sizes": f"{args.t90_small} px until epoch {args.t90_switch}, then {args.t90_size} px",
-            "val_size": args.t90_size,
-            "presize": args.presize,
-            "bs": args.t90_bs,
-            "lr": args.t90_lr,
-            "label_smoothing": 0.1,
-            "min_scale": args.t90_min_scale,
-            "loader": args.t90_loader,
-            "precision": "32-true" if args.fp32 else "bf16-mixed",
-            "channels_last": not args.fp32,
-        },
+        "config": str(args.t90_config),
+        "loader": args.t90_loader,
         "target": args.t90_target,
         "deadline_s": deadline - time.perf_counter(),
         "history": [],
@@ -70,40 +55,39 @@ def time_to_target(
             run.save()
 
     free(device)
-    L.seed_everything(0, verbose=False)
-    common = {
-        "root": data_dir,
-        "presize": args.presize,
-        "train_size": args.t90_small,
-        "val_size": args.t90_size,
-        "batch_size": args.t90_bs,
-        "val_batch_size": 2 * args.t90_bs,
-        "num_workers": args.workers,
-        "augment": Augment(min_scale=args.t90_min_scale),
+    overrides = ["--data.root", str(data_dir), "--data.num_workers", str(args.workers), "--seed_everything", "0"]
+    overrides += [*QUIET_FIT, "--trainer.accelerator", "gpu" if device.type == "cuda" else device.type]
+    if args.fp32:
+        overrides += ["--trainer.precision", "32-true", "--model.channels_last", "false"]
+    if args.smoke:  # the recipe's structure (stages, cycle) on a tiny model, batch and size
+        overrides += ["--model.backbone", "imagenette_sota.models.xresnet18", "--data.presize", str(args.presize)]
+        overrides += ["--data.batch_size", str(args.t90_bs), "--data.val_batch_size", str(2 * args.t90_bs)]
+        overrides += ["--trainer.max_epochs", str(args.t90_epochs), "--trainer.benchmark", "false"]
+        overrides += [f"--trainer.limit_{s}_batches={args.limit_batches}" for s in ("train", "val")]
+    cli = ImagenetteCLI(
+        ImagenetteClassifier,
+        ImagenetteDataModule,
+        trainer_class=ImagenetteTrainer,
+        args=["--config", str(args.t90_config), *overrides],
+        trainer_defaults={"callbacks": [StopAtTarget()]},
+        save_config_callback=None,  # no logger: it would write config.yaml into the working directory
+        run=False,  # the CLI instantiates the recipe; the fit below may swap the loader for the device-resident one
+    )
+    hparams = {k: v if isinstance(v, int | float | str) else str(v) for k, v in cli.model.hparams.items()}
+    dm = cli.datamodule
+    out["recipe"] = hparams | {
+        "presize": dm.presize,
+        "batch_size": dm.batch_size,
+        "precision": str(cli.trainer.precision),
     }
     if args.t90_loader == "device":
-        dm = device_data_module(device, **common)
-    else:
-        dm = ImagenetteDataModule(cache=True, **common)
-    model = ImagenetteClassifier(
-        backbone=getattr(models, args.t90_arch),
-        num_classes=10,
-        cycle=Cycle(args.t90_lr),
-        label_smoothing=0.1,
-        channels_last=not args.fp32,
-    )
-    stages = {0: Stage(args.t90_small), args.t90_switch: Stage(args.t90_size)}
-    trainer = quiet_trainer(
-        device,
-        args,
-        max_epochs=args.t90_epochs,
-        callbacks=[ProgressiveResize(stages), StopAtTarget()],
-        **({"limit_train_batches": args.limit_batches, "limit_val_batches": args.limit_batches} if args.smoke else {}),
-    )
+        settings = cli.config["data"].as_dict() | {"augment": dm.augment}
+        settings.pop("cache", None)
+        dm = device_data_module(device, **settings)
     start = time.perf_counter()
-    trainer.fit(model, dm)
+    cli.trainer.fit(cli.model, dm)
     out["fit_s"] = time.perf_counter() - start
     out["reached"] = "seconds" in out
     out["peak_gib"] = fast_paths.peak_gib(device)
-    del trainer, model, dm
+    del cli, dm
     return out
