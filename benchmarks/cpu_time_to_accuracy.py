@@ -82,9 +82,9 @@ def ours(configs: list[Path], data_dir: Path, args: argparse.Namespace, name: st
         "epoch_acc": clock.accs,
         "epoch_s": clock.times,
         "val_s": clock.val_s,
-        "final_tta": tta,
-        "cache": type(run.datamodule.train_set).__name__ == "CachedImages",
-        "workers": run.trainer.train_dataloader.num_workers if run.trainer.train_dataloader is not None else None,
+        "final_tta": None if tta is None else {"acc": tta["acc"], "s": tta["s"]},
+        "cache": type(run.datamodule.train_set).__name__ == "CachedImages",  # what the defaults came to
+        "workers": run.datamodule.train_dataloader().num_workers,  # (a loader starts no process until iterated)
         "time_to_target_s": first_reaching(times, accs, args.target),
         "time_to_target_one_val_s": validating_once(times, val_s, accs, args.target),
         "one_val_s": validating_once(times, val_s, accs, None),
@@ -143,7 +143,7 @@ def main() -> None:
             label_smoothing=args.fastai_label_smoothing,
             fastai_workers=args.fastai_workers,
         )
-        figures |= {f"fastai_{k}": v for k, v in vars(fastai_args).items()}
+        figures |= {k if k.startswith("fastai") else f"fastai_{k}": v for k, v in vars(fastai_args).items()}
         reset_peak_rss()
         run = fastai_run(data_dir, fastai_args)
         figures |= run

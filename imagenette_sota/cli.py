@@ -22,6 +22,7 @@ import torch
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import Tensor
 
 from imagenette_sota import seeds
@@ -140,7 +141,9 @@ class ImagenetteCLI(LightningCLI):
         if metrics and self.trainer.is_global_zero:
             print("final " + "  ".join(f"{k}={v}" for k, v in sorted(metrics.items())))
         settings = self.config_init[self.subcommand].get("final_tta")
-        if settings is not None:
+        if settings is not None and self.trainer.fast_dev_run:  # it predicts one batch: TTA needs every image
+            rank_zero_info("final_tta skipped: fast_dev_run predicts one batch, TTA scores every validation image")
+        elif settings is not None:
             self.final_tta = final_tta(self.trainer, self.model, self.datamodule, settings)
             if self.trainer.is_global_zero:
                 print(f"final_tta ({settings.mode}) acc={self.final_tta['acc']:.4f} in {self.final_tta['s']:.1f} s")

@@ -45,6 +45,14 @@ BASE = {
     name: "book" for name in ("baseline", "normalize", "progressive", "mixup", "label_smoothing", "book_random_split")
 }
 BASE |= {f"leaderboard_128_{epochs}": "leaderboard" for epochs in (5, 20, 80)}
+# The CPU proxy's recipe (README, Results): xresnet18, presize 128, 64 px, batch 64, one-cycle at 3e-3.
+CPU_PROXY = {
+    "model.backbone": "imagenette_sota.models.xresnet18",
+    "model.lr": 3e-3,
+    "data.presize": 128,
+    "data.batch_size": 64,
+    "trainer.accelerator": "cpu",
+}
 # What each recipe must say (dotted keys of the parsed configuration).
 FACTS: dict[str, dict[str, Any]] = {
     "baseline": {
@@ -82,6 +90,43 @@ FACTS: dict[str, dict[str, Any]] = {
     "leaderboard_128_20": {**LEADERBOARD, "trainer.max_epochs": 20, "model.mixup_alpha": 0.0},
     "leaderboard_128_80": {**LEADERBOARD, "trainer.max_epochs": 80, "model.mixup_alpha": 0.2},
     "cpu_quick": {"model.backbone": "imagenette_sota.models.xresnet18", "trainer.accelerator": "cpu"},
+    "cpu_base": {**CPU_PROXY, "trainer.max_epochs": 8, "model.label_smoothing": 0.0},
+    "cpu_speedrun": {
+        **CPU_PROXY,
+        "trainer.max_epochs": 8,
+        "model.label_smoothing": 0.1,
+        "trainer.callbacks.0.init_args.ramp": {
+            "min_size": 32,
+            "max_size": 64,
+            "start_epoch": 0,
+            "end_epoch": 5,
+            "multiple": 8,
+            "batch_size": None,
+        },
+        "trainer.callbacks.0.init_args.val_size": 64,
+        "final_tta.mode": "flip",
+    },
+    "gpu_time_to_90": {
+        "model.backbone": "imagenette_sota.models.xresnet50",
+        "model.lr": 8e-3,
+        "model.label_smoothing": 0.1,
+        "data.presize": 128,
+        "data.val_size": 128,
+        "data.batch_size": 256,
+        "data.augment.min_scale": 0.35,
+        "trainer.max_epochs": 20,
+        "trainer.precision": "bf16-mixed",
+        "trainer.callbacks.0.init_args.schedule.8.size": 128,
+    },
+    "gpu_time_to_94": {
+        **{k: v for k, v in LEADERBOARD.items() if k.startswith("model.")},
+        "data.dataset": "imagenette2-320",
+        "data.presize": 224,
+        "data.val_size": 224,
+        "trainer.max_epochs": 40,
+        "trainer.callbacks.1.class_path": "lightning.pytorch.callbacks.EMAWeightAveraging",
+        "final_tta.mode": "flip",
+    },
 }
 
 
@@ -125,6 +170,12 @@ def shrunk(path: Path, tmp_path: Path) -> Path:
     for callback in config.get("trainer", {}).get("callbacks", []):
         for stage in callback["init_args"].get("schedule", {}).values():
             stage.update({key: value for key, value in (("size", 32), ("batch_size", 4)) if key in stage})
+        ramp = callback["init_args"].get("ramp", {})
+        ramp.update(
+            {key: value for key, value in (("min_size", 24), ("max_size", 32), ("batch_size", 4)) if key in ramp}
+        )
+        if callback["init_args"].get("val_size"):
+            callback["init_args"]["val_size"] = 32
     out = tmp_path / path.name
     out.write_text(yaml.safe_dump(config))
     return out
@@ -165,3 +216,42 @@ def test_config_states_its_recipe_and_runs(
     )
     assert run.trainer.global_step == 1
     assert torch.isfinite(run.trainer.callback_metrics["val/loss"])
+
+
+@pytest.mark.parametrize("lever", sorted(p.stem for p in (CONFIGS / "cpu_levers").glob("*.yaml")))
+def test_each_cpu_lever_composes_with_the_base_and_runs(lever: str, mini_dir: Path, tmp_path: Path) -> None:
+    # benchmarks.cpu_time_to_accuracy --lever NAME runs exactly this composition.
+    torch.set_num_threads(1)
+    path = CONFIGS / "cpu_levers" / f"{lever}.yaml"
+    assert path.read_text().startswith("# Lever: ")
+    overlay = yaml.safe_load(path.read_text())
+    small = ["--data.presize", "40", "--data.train_size", "32", "--data.batch_size", "4", "--data.num_workers", "0"]
+    run = cli(
+        [
+            "fit",
+            "--config",
+            str(CONFIGS / "cpu_base.yaml"),
+            "--config",
+            str(shrunk(path, tmp_path)),
+            "--data.root",
+            str(mini_dir),
+            *small,
+            *(["--data.val_size", "36"] if "val_size" in overlay.get("data", {}) else []),
+            "--trainer.fast_dev_run",
+            "1",
+        ]
+    )
+    assert run.trainer.global_step == 1
+    config = run.config["fit"]
+    base = yaml.safe_load((CONFIGS / "cpu_base.yaml").read_text())
+    assert lookup(config, "model.backbone") == base["model"]["backbone"]  # the base is still there
+    shrunk_keys = {"data.presize", "data.train_size", "data.batch_size", "data.val_size"}
+    for group, settings in overlay.items():  # and the lever on top of it (where the test did not shrink it)
+        for key, value in settings.items() if group in ("model", "data", "trainer") else ():
+            if f"{group}.{key}" not in shrunk_keys and key != "callbacks":
+                assert lookup(config, f"{group}.{key}") == value, f"{group}.{key}"
+    if "final_tta" in overlay:
+        assert vars(config["final_tta"])["mode"] == overlay["final_tta"]["mode"]
+    if "callbacks" in overlay.get("trainer", {}):
+        names = {type(c).__name__ for c in run.trainer.callbacks}
+        assert overlay["trainer"]["callbacks"][0]["class_path"].rsplit(".", 1)[1] in names
