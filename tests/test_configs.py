@@ -244,7 +244,7 @@ def test_each_cpu_lever_composes_with_the_base_and_runs(lever: str, mini_dir: Pa
     assert run.trainer.global_step == 1
     config = run.config["fit"]
     base = yaml.safe_load((CONFIGS / "cpu_base.yaml").read_text())
-    assert lookup(config, "model.backbone") == base["model"]["backbone"]  # the base is still there
+    assert lookup(config, "model.backbone").__name__ == base["model"]["backbone"].rsplit(".", 1)[1]  # the base's
     shrunk_keys = {"data.presize", "data.train_size", "data.batch_size", "data.val_size"}
     for group, settings in overlay.items():  # and the lever on top of it (where the test did not shrink it)
         for key, value in settings.items() if group in ("model", "data", "trainer") else ():
