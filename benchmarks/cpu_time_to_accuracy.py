@@ -66,7 +66,8 @@ def ours(configs: list[Path], data_dir: Path, args: argparse.Namespace, name: st
     clock = EpochClock()
     reset_peak_rss()
     start = time.perf_counter()
-    run = cli(args_list, trainer_defaults={"callbacks": [clock]})
+    # No config.yaml: without a logger the CLI would write it into the working directory.
+    run = cli(args_list, trainer_defaults={"callbacks": [clock]}, save_config_callback=None)
     wall = time.perf_counter() - start  # from the CLI's start: parsing, data preparation and the cache included
     times, val_s, accs = list(clock.times), list(clock.val_s), list(clock.accs)
     tta = getattr(run, "final_tta", None)
