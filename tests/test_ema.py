@@ -13,11 +13,12 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import Callback, EMAWeightAveraging
 
-from imagenette_sota.callbacks import ProgressiveResize, Stage, TTASettings, tta
+from imagenette_sota.callbacks import OneCycles, ProgressiveResize, Stage, TTASettings, tta
 from imagenette_sota.cli import cli
 from imagenette_sota.data import ImagenetteDataModule
 from imagenette_sota.models import XResNet
 from imagenette_sota.module import ImagenetteClassifier
+from imagenette_sota.schedule import Cycle
 
 DECAY = 0.9
 TINY = {"layers": [1, 1, 1, 1], "widen": 0.25}
@@ -38,16 +39,18 @@ def test_ema_under_progressive_resizing_is_what_validation_tta_and_the_final_wei
     mini_dir: Path, one_thread: None
 ) -> None:
     L.seed_everything(0)
-    dm = ImagenetteDataModule(root=mini_dir, presize=48, train_size=32, batch_size=16, num_workers=0, cache=False)
-    model = ImagenetteClassifier(backbone=partial(XResNet, **TINY), num_classes=10, lr=1e-2)
+    dm = ImagenetteDataModule(
+        root=mini_dir, presize=48, train_size=32, val_size=40, batch_size=16, num_workers=0, cache=False
+    )
+    model = ImagenetteClassifier(backbone=partial(XResNet, **TINY), num_classes=10, cycle=Cycle(1e-2))
     weights = Weights()
-    resize = ProgressiveResize({0: Stage(24, 32), 1: Stage(32, 16)}, val_size=40)
+    resize = ProgressiveResize({0: Stage(24, 32), 1: Stage(32, 16)})
     trainer = L.Trainer(
         max_epochs=2,
         limit_train_batches=3,
         num_sanity_val_steps=0,
         enable_checkpointing=False,
-        callbacks=[weights, resize, EMAWeightAveraging(decay=DECAY)],
+        callbacks=[weights, resize, OneCycles(), EMAWeightAveraging(decay=DECAY)],
         **QUIET,
     )
     trainer.fit(model, dm)
