@@ -18,8 +18,10 @@ from imagenette_sota.data.folders import scan_split
 
 @pytest.fixture
 def data(mini_dir: Path, tmp_path: Path) -> Path:
-    """A private copy of the mini dataset (the tests touch and add files)."""
-    return Path(shutil.copytree(mini_dir, tmp_path / "imagenette2-160-mini"))
+    """A private copy of the mini dataset (the tests touch and add files), without caches other tests built there."""
+    return Path(
+        shutil.copytree(mini_dir, tmp_path / "imagenette2-160-mini", ignore=shutil.ignore_patterns(".presized"))
+    )
 
 
 def _items(data: Path, split: str = "val") -> list[tuple[Path, int]]:
