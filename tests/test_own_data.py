@@ -77,7 +77,7 @@ def own(mini_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _expected_items(root: Path) -> list[tuple[Path, int]]:
     """(path, label) of the images under ``root``'s class folders in sorted order, found independently."""
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name != ".ipynb_checkpoints")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))  # hidden: no class
     return [
         (path, label)
         for label, name in enumerate(classes)

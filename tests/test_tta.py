@@ -27,7 +27,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def dm(mini_dir: Path) -> ImagenetteDataModule:
     """The mini archive's 100 validation images, presized to 64 px, viewed at 32 px in batches of 32."""
-    return ImagenetteDataModule(root=mini_dir, presize=64, train_size=32, batch_size=16, num_workers=0)
+    # The decoding path: these tests redraw its presize crops themselves (tests/test_cache.py covers the cache).
+    return ImagenetteDataModule(root=mini_dir, presize=64, train_size=32, batch_size=16, num_workers=0, cache=False)
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +98,9 @@ def test_augmented_views_redraw_the_presize_crop_per_sample_and_view(
 ) -> None:
     # fastai's tta() runs the dataset in training mode: each pass re-draws the presize crop along the long side.
     # With an identity augmentation the view is exactly the training-mode crop drawn from (seed, sample, view).
-    dm = ImagenetteDataModule(root=mini_dir, presize=64, train_size=32, batch_size=16, num_workers=0, augment=None)
+    dm = ImagenetteDataModule(
+        root=mini_dir, presize=64, train_size=32, batch_size=16, num_workers=0, augment=None, cache=False
+    )
     dm.setup("predict")
     train_mode = PresizedImages(dm.val_set.items, presize=64, train=True)
     crops = torch.stack([train_mode[(i, seeds.derive(7, seeds.TTA_CROP, i, 0))][0] for i in range(len(train_mode))])

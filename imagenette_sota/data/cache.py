@@ -48,7 +48,7 @@ def landscape(img: Image.Image, presize: int, max_aspect: float) -> tuple[np.nda
         w, h = h, w
     keep = min(w, round(h * max_aspect))  # source columns kept: the centre, up to the aspect cap
     left = (w - keep) // 2
-    long = max(presize, round(keep * presize / h))
+    long = min(max(presize, round(keep * presize / h)), round(presize * max_aspect))  # rounding: never past the row
     img = img.resize((long, presize), Image.Resampling.BILINEAR, box=(left, 0, left + keep, h))
     return np.asarray(img).transpose(2, 0, 1), transposed
 

@@ -111,6 +111,7 @@ class ImagenetteDataModule(BatchTransforms, L.LightningDataModule):
         self.noisy_labels, self.augment, self.normalize = noisy_labels, augment, normalize
         self.skip_bad_images, self.cache = skip_bad_images, cache
         self._cache_decided: bool | None = None  # what cache=None came to (rank 0's under DDP)
+        self._scanned: tuple[Items, Items] | None = None  # prepare_data's split, for the setup that follows
         _ = self.layout  # refuse a root laid out in a way we cannot read now, before anything is downloaded
         self.normalization = Normalization(normalize)  # validates ``normalize``; fit state is checkpointed
         self.train_set: PresizedImages | CachedImages | None = None
@@ -153,7 +154,7 @@ class ImagenetteDataModule(BatchTransforms, L.LightningDataModule):
         if not self.data_dir.is_dir():
             fetch(self.source, self.root, self.release.checks() if self.url is None else {"md5": self.md5})
         if self.cache is not False:
-            splits = self.splitter(self.data_dir, self.layout or "split", self.classes)
+            splits = self._scanned = self.splitter(self.data_dir, self.layout or "split", self.classes)
             if self.use_cache(sum(map(len, splits))):
                 for split, items in zip(("train", "val"), splits, strict=True):
                     self._cached_pixels(split, items)
@@ -187,7 +188,9 @@ class ImagenetteDataModule(BatchTransforms, L.LightningDataModule):
             self.fit_normalization()  # "batch" statistics before the sanity check validates with them
 
     def _build(self) -> None:
-        train_items, val_items = self.splitter(self.data_dir, self.layout or "split", self.classes)
+        # The scan prepare_data just made in this process (its skipped-files warning once), else a new one.
+        train_items, val_items = self._scanned or self.splitter(self.data_dir, self.layout or "split", self.classes)
+        self._scanned = None
         if self.noisy_labels:
             train_items = relabel(train_items, self.data_dir, self.classes, self.noisy_labels)
         cached = self.use_cache(len(train_items) + len(val_items), agree=True)
@@ -216,7 +219,7 @@ class ImagenetteDataModule(BatchTransforms, L.LightningDataModule):
         elif world > 1:
             # Lightning's default DistributedSampler would repeat samples to even out the ranks, skewing the metrics.
             sampler = UnrepeatedDistributedSampler(dataset, world, rank, shuffle=False)
-        device = self.trainer.strategy.root_device if self.trainer is not None else None
+        device = getattr(getattr(self.trainer, "strategy", None), "root_device", None)  # None: no Trainer yet
         workers = loader_workers(self.num_workers, isinstance(self.train_set, CachedImages), device)
         return DataLoader(
             dataset,
