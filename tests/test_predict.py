@@ -63,6 +63,8 @@ def test_predictor_matches_validate_on_the_val_folder(
         "32",
         "--data.num_workers",
         "0",
+        "--data.cache",
+        "false",  # the Predictor decodes each file: the same pixels as the decoding path (the cache: a sub-pixel shift)
         "--ckpt_path",
         str(tiny_ckpt),
     ]
@@ -75,7 +77,7 @@ def test_predictor_matches_validate_on_the_val_folder(
     probs = torch.stack([p.probs for p in ours])
     assert (probs.argmax(1) == labels).float().mean().item() == pytest.approx(validated, abs=1e-6)
     # Per image, the probabilities of Lightning's own predict loop over the data module's val loader.
-    dm = ImagenetteDataModule(root=mini_dir, presize=64, train_size=32, num_workers=0)
+    dm = ImagenetteDataModule(root=mini_dir, presize=64, train_size=32, num_workers=0, cache=False)
     model = ImagenetteClassifier.load_from_checkpoint(tiny_ckpt, backbone=xresnet18, weights_only=True)
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
     lightning = torch.cat(trainer.predict(model, dm, ckpt_path=tiny_ckpt, weights_only=True))
