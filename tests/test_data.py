@@ -6,6 +6,7 @@ import csv
 from collections import Counter
 from collections.abc import Iterator
 from functools import partial
+from pathlib import Path
 
 import lightning as L
 import pytest
@@ -116,6 +117,17 @@ def test_existing_folder_and_root_are_used_without_download(downloaded: Imagenet
     dm.prepare_data()  # root already holds train/ and val/: nothing is fetched
     dm.setup()
     assert len(dm.train_set) == 200 and dm.data_dir == downloaded.data_dir
+
+
+def test_a_foreign_file_named_like_the_archive_is_refused_not_deleted(server: str, tmp_path: Path) -> None:
+    # e.g. the user's own mirror copy (another checksum) in the download folder: never ours to delete
+    theirs = tmp_path / "imagenette2-160-mini.tgz"
+    theirs.write_bytes(b"the user's own archive")
+    dm = ImagenetteDataModule(root=tmp_path, url=f"{server}/imagenette2-160-mini.tgz", md5=MINI_MD5, cache=False)
+    with pytest.raises(FileExistsError, match=r"imagenette2-160-mini.tgz is already there .* --data.url"):
+        dm.prepare_data()
+    assert theirs.read_bytes() == b"the user's own archive"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["imagenette2-160-mini.tgz"]
 
 
 def test_noisy_labels_follow_the_csv(downloaded: ImagenetteDataModule) -> None:

@@ -217,8 +217,8 @@ def remove_stale(root: Path, folder: str) -> None:
 def fetch(source: str, root: Path, checks: dict[str, Any]) -> Path:
     """Download (if remote), verify with ``checks`` (``verify``'s keywords) and extract ``source`` under ``root``.
 
-    A remote archive already in ``root`` is reused when it verifies, else fetched again; a bad download is deleted,
-    never extracted. Returns the extracted folder ``root/<archive stem>``.
+    A remote archive already in ``root`` is reused when it verifies and refused (never deleted: it may be the
+    user's own copy) when it does not; a bad download is deleted, never extracted. Returns ``root/<archive stem>``.
     """
     folder = archive_stem(source)
     remove_stale(root, folder)
@@ -229,10 +229,13 @@ def fetch(source: str, root: Path, checks: dict[str, Any]) -> Path:
         if archive.is_file():
             try:
                 verify(archive, **checks)
-            except Exception as e:
-                log.warning("%s; downloading it again", e)
-                archive.unlink()
-        if not archive.is_file():
+            except Exception as e:  # not ours to delete: downloads land as .part files and are verified first
+                raise FileExistsError(
+                    f"{archive} is already there and is not the archive at {source} ({e}). If it is your own "
+                    f"copy, use it with --data.url {archive} --data.md5 <its md5>; otherwise move it away and run "
+                    "again to download the archive"
+                ) from None
+        else:
             log.info("downloading %s to %s", source, archive)
             download(source, archive)
             try:
