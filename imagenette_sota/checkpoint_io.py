@@ -13,7 +13,6 @@ to Lightning's own transaction.
 
 from __future__ import annotations
 
-import os
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -21,11 +20,7 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-
-def partial_path(path: str | Path) -> Path:
-    """Where the checkpoint for ``path`` is written before it is renamed onto ``path``."""
-    path = Path(path)
-    return path.with_name(f".{path.name}.partial")
+from imagenette_sota.atomic import replacing
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -38,23 +33,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options: save without them")
-        target = Path(str(path).removeprefix("file://"))
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = partial_path(target)
-        try:
-            with open(tmp, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        folder = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(folder)
-        finally:
-            os.close(folder)
+        with replacing(Path(str(path).removeprefix("file://")), keep_suffix=False) as tmp:
+            torch.save(checkpoint, tmp)
 
 
 # torch.save's legacy (pre-zip) format starts with the pickled magic number 0x1950a86a20f9469cfc6c.
