@@ -39,6 +39,16 @@ def cache_key(items: Sequence[tuple[Path, int]], presize: int, max_aspect: float
     return digest.hexdigest()[:16]
 
 
+def row_width(presize: int, max_aspect: float = MAX_ASPECT) -> int:
+    """Columns of a cache row: the longest side an image keeps, ``presize`` x the aspect cap."""
+    return round(presize * max_aspect)
+
+
+def _as_is(item: tuple) -> tuple:
+    """The builder's collate: one item as it is (a module-level function, picklable for spawned workers)."""
+    return item
+
+
 def landscape(img: Image.Image, presize: int, max_aspect: float) -> tuple[np.ndarray, bool]:
     """(3, presize, long) uint8 pixels of ``img`` turned landscape, and whether it was transposed."""
     w, h = img.size
@@ -48,7 +58,7 @@ def landscape(img: Image.Image, presize: int, max_aspect: float) -> tuple[np.nda
         w, h = h, w
     keep = min(w, round(h * max_aspect))  # source columns kept: the centre, up to the aspect cap
     left = (w - keep) // 2
-    long = min(max(presize, round(keep * presize / h)), round(presize * max_aspect))  # rounding: never past the row
+    long = min(max(presize, round(keep * presize / h)), row_width(presize, max_aspect))  # rounding: never past the row
     img = img.resize((long, presize), Image.Resampling.BILINEAR, box=(left, 0, left + keep, h))
     return np.asarray(img).transpose(2, 0, 1), transposed
 
@@ -88,12 +98,12 @@ def build(
     if meta_path.is_file() and pixels_path.is_file():
         return pixels_path
     folder.mkdir(parents=True, exist_ok=True)
-    width = round(presize * max_aspect)
+    width = row_width(presize, max_aspect)
     tmp = folder / f".{key}.{os.getpid()}.npy.part"
     pixels = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(items), 3, presize, width))
     extent, transposed, bad = np.zeros(len(items), np.int64), np.zeros(len(items), bool), []
     loader = DataLoader(
-        _Decode(items, presize, max_aspect, skip_bad), batch_size=None, num_workers=num_workers, collate_fn=lambda x: x
+        _Decode(items, presize, max_aspect, skip_bad), batch_size=None, num_workers=num_workers, collate_fn=_as_is
     )
     try:
         for i, row, flip in loader:
@@ -110,7 +120,10 @@ def build(
         raise
     meta = {"presize": presize, "extent": extent.tolist(), "transposed": transposed.tolist(), "bad": bad}
     tmp_meta = meta_path.with_suffix(f".{os.getpid()}.part")
-    tmp_meta.write_text(json.dumps(meta))
+    with open(tmp_meta, "w") as f:  # fsynced: an empty metadata file would mark a broken cache complete
+        f.write(json.dumps(meta))
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp_meta, meta_path)  # the metadata's arrival is what marks the cache complete
     log.info("cached %d presized images in %s (%d unreadable skipped)", len(items) - len(bad), pixels_path, len(bad))
     return pixels_path

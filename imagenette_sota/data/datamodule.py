@@ -228,7 +228,7 @@ class ImagenetteDataModule(BatchTransforms, L.LightningDataModule):
             drop_last=train,
             num_workers=workers,
             collate_fn=collate_skipping,
-            pin_memory=torch.cuda.is_available(),
+            pin_memory=device.type == "cuda" if device is not None else torch.cuda.is_available(),
             persistent_workers=workers > 0,
         )
 

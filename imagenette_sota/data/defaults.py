@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
-from imagenette_sota.data.cache import MAX_ASPECT
+from imagenette_sota.data.cache import MAX_ASPECT, row_width
 
 SHARE = 0.5  # the cache is "comfortable" in at most this share of the free disk and of the available memory
 GIB = 2**30
@@ -30,7 +30,7 @@ def check_sizes(**sizes: int | None) -> None:
 
 def cache_bytes(images: int, presize: int, max_aspect: float = MAX_ASPECT) -> int:
     """Bytes of the decode-once cache of ``images`` at ``presize``: rows of 3 x presize x (aspect cap x presize)."""
-    return images * 3 * presize * round(presize * max_aspect)
+    return images * 3 * presize * row_width(presize, max_aspect)
 
 
 def available_memory() -> int | None:
