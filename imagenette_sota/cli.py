@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import sys
 import time
+import traceback
+from pathlib import Path
 from typing import Any
 
+import jsonargparse
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor
@@ -60,6 +63,11 @@ class ImagenetteTrainer(L.Trainer):
         if type(datamodule).__qualname__ in checkpoint:
             datamodule.load_state_dict(checkpoint[type(datamodule).__qualname__])
         return test_time_augmentation(self, model, datamodule, settings)
+
+
+# Only a refusal raised by this package's own ``raise`` statements (or jsonargparse's) is a setting's error: an
+# error from deep inside a fit keeps its traceback, whatever its message happens to quote.
+REFUSERS = (str(Path(__file__).resolve().parent), str(Path(jsonargparse.__file__).resolve().parent))
 
 
 class ConfigurationError(Exception):
@@ -169,7 +177,10 @@ def config_error(error: BaseException, settings: Any = None) -> str | None:
     """
     if isinstance(error, MisconfigurationException):
         return f"error: {error}"
-    if settings is None:
+    where = traceback.extract_tb(error.__traceback__)[-1:] if error.__traceback__ else []
+    if settings is None or not where or not where[0].filename.startswith(REFUSERS):
+        return None
+    if where[0].filename.startswith(REFUSERS[0]) and not (where[0].line or "").startswith("raise"):
         return None
     message = str(error.args[0]) if error.args else str(error)
     leaves = [(k, v) for k, v in settings.items() if isinstance(v, (bool, int, float, str)) and v is not None]
