@@ -17,26 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
 
 from imagenette_sota.atomic import replacing
-from imagenette_sota.data import ImagenetteDataModule
+from imagenette_sota.predict import WithPreprocessing
 from imagenette_sota.trained import Trained, load
 
 FORMATS = (".pt2", ".onnx")
 MAX_BATCH = 4096  # the dynamic batch dimension's upper bound in the exported graphs
-
-
-class WithPreprocessing(nn.Module):
-    """``network`` behind the data module's validation transform, softmax after: uint8 images -> probabilities."""
-
-    def __init__(self, network: nn.Module, data: ImagenetteDataModule) -> None:
-        super().__init__()
-        self.network, self.data = network, data
-
-    def forward(self, images: Tensor) -> Tensor:
-        """Probabilities (N, C) of uint8 presized images (N, 3, P, P)."""
-        return self.network(self.data.val_transform(images)).softmax(1)
 
 
 def metadata(trained: Trained) -> dict[str, Any]:

@@ -74,6 +74,18 @@ def _stack_good(batch: list[tuple[int, Tensor | str]]) -> tuple[list[int], Tenso
     return [i for i, _ in good], images, {i: x for i, x in batch if isinstance(x, str)}
 
 
+class WithPreprocessing(nn.Module):
+    """``network`` behind the data module's validation transform, softmax after: uint8 images -> probabilities."""
+
+    def __init__(self, network: nn.Module, data: ImagenetteDataModule) -> None:
+        super().__init__()
+        self.network, self.data = network, data
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Probabilities (N, C) of uint8 presized images (N, 3, P, P)."""
+        return self.network(self.data.val_transform(images)).softmax(1)
+
+
 class Predictor:
     """A trained network with its data module's validation path: ``predictor(images, top_k)``."""
 
@@ -94,6 +106,7 @@ class Predictor:
         """
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.network, self.data = network.to(self.device).eval(), data
+        self.model = WithPreprocessing(self.network, data)  # the exported graphs compute exactly this
         self.classes, self.class_names = list(classes), list(class_names)
         settings = TTASettings(mode=tta) if isinstance(tta, str) else tta
         self.tta = None if settings is None else TTAPredictor(self.network, data, settings)
@@ -147,7 +160,7 @@ class Predictor:
         x = x.to(self.device, non_blocking=True)
         if self.tta is not None:
             return self.tta.predict_step((x, torch.zeros(len(x), dtype=torch.long)), 0)["probs"].float().cpu()
-        return self.network(self.data.val_transform(x)).softmax(1).float().cpu()
+        return self.model(x).float().cpu()
 
     def top(self, probs: Tensor, top_k: int = 5) -> list[Prediction]:
         """Per row of ``probs`` its ``top_k`` (class id, name, probability) and the row itself."""
@@ -170,8 +183,13 @@ class Predictor:
             isinstance(images, (Tensor, np.ndarray)) and images.ndim < 4
         ):
             images = [images]
-        items = list(images)
         out: list[Prediction] = []
+        p = self.presize
+        if isinstance(images, Tensor) and images.dtype == torch.uint8 and images.shape[1:] == (3, p, p):
+            for batch in images.split(batch_size):  # already presized: straight to the network, as a batch
+                out += self.top(self.probabilities(batch), top_k)
+            return out
+        items = list(images)
         for start in range(0, len(items), batch_size):
             x = torch.stack([self.presized(image) for image in items[start : start + batch_size]])
             out += self.top(self.probabilities(x), top_k)

@@ -119,6 +119,9 @@ def test_any_input_is_the_same_image(predictor: Predictor, photos: list[Path], t
     assert answers[0].probs.sum().item() == pytest.approx(1, abs=1e-5)
     assert answers[0].top[0].probability == answers[0].probs.max().item()
     assert answers[0].top[0].name == predictor.class_names[predictor.classes.index(answers[0].top[0].class_id)]
+    # The presized batch goes straight to the network: the same answers as one image at a time, in any chunking.
+    one_by_one = [predictor(image)[0].probs for image in batch]
+    assert all(torch.equal(a.probs, b) for a, b in zip(predictor(batch, batch_size=1), one_by_one, strict=True))
     with pytest.raises(ValueError, match="must be uint8"):
         predictor.presized(torch.rand(3, 8, 8))
 
