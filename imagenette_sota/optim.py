@@ -76,6 +76,11 @@ class LookAhead(Optimizer):
         """The wrapped optimizer's defaults."""
         return self.optimizer.defaults
 
+    def clear_state(self) -> None:
+        """fastai's ``Lookahead.clear_state``: the inner optimizer's state, the step count and the slow weights."""
+        self.optimizer.state.clear()
+        self.count, self.slow = 0, None
+
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
         """One step of the wrapped optimizer; every k-th, the slow weights' update and the fast weights' reset."""

@@ -128,6 +128,7 @@ FACTS: dict[str, dict[str, Any]] = {
         "model.cycle.lr_max": 8e-3,
         "model.cycle.pct_start": 0.75,
         "model.cycle.div": 1.0,
+        "model.cycle.moms": None,  # fit_flat_cos schedules no beta1
         "data.dataset": "imagenette2-320",
         "data.presize": 224,
         "data.val_size": 224,

@@ -76,6 +76,23 @@ def test_ranger_with_the_recipes_eps_stays_within_a_thousandth_of_fastai() -> No
     assert not torch.equal(ours[-1], theirs[-1])  # the difference is real: this test bounds it
 
 
+def test_clear_state_restarts_like_fastai_ranger() -> None:
+    # fastai's Lookahead.clear_state resets the step count and the slow weights too (fine_tune calls it twice).
+    hyper = {"mom": 0.95, "sqr_mom": 0.99, "eps": 0.0}
+    ours_model, x, y = toy()
+    theirs_model, _, _ = toy()
+    ours = Ranger(ours_model.parameters(), lr=8e-3, weight_decay=1e-2, **hyper)
+    theirs = fastai_ranger(list(theirs_model.parameters()), lr=8e-3, wd=1e-2, **hyper)
+    trajectory(ours_model, x, y, ours, steps=4)
+    trajectory(theirs_model, x, y, theirs, steps=4)
+    ours.clear_state()
+    theirs.clear_state()
+    assert ours.count == 0 and ours.slow is None and not ours.state
+    after_ours, after_theirs = trajectory(ours_model, x, y, ours, 9), trajectory(theirs_model, x, y, theirs, 9)
+    for a, b in zip(after_ours, after_theirs, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+
+
 def test_lookahead_syncs_every_k_steps_from_the_starting_weights() -> None:
     # k=2, alpha=0.5 around SGD (lr 1, gradient 1), slow weights 0: fast -1, -2 -> sync: slow = 0 + 0.5 * (-2 - 0)
     # = -1 and fast restarts there; fast -2, -3 -> sync: slow = -1 + 0.5 * (-3 - (-1)) = -2.

@@ -109,5 +109,6 @@ class OneCycles(Callback):
         steps = sum(epoch_steps(trainer, batch_size) for batch_size in batch_sizes)
         optimizer = trainer.optimizers[0]
         if epoch in self.clears:
-            optimizer.state.clear()  # fastai's opt.clear_state(): moments and step counts start again
+            # fastai's opt.clear_state(): moments and step counts start again (LookAhead: its slow weights too)
+            getattr(optimizer, "clear_state", optimizer.state.clear)()
         configs[0].scheduler = one_cycle(optimizer, cycle, steps)
