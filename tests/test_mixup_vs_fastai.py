@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from imagenette_sota.mixup import _beta, cutmix, mixed_loss, mixup
+from imagenette_sota.module import ImagenetteClassifier
 
 B, K = 8, 5
 
@@ -89,8 +90,20 @@ def test_cutmix_equals_fastai_cutmix(batch: tuple[Tensor, Tensor, Tensor], monke
     assert 0 < float(lam[0]) < 1  # a box was pasted
 
 
-def test_label_smoothing_equals_fastai_loss(batch: tuple[Tensor, Tensor, Tensor]) -> None:
-    _, y, pred = batch
+class FixedLogits(nn.Module):
+    """A backbone whose logits are ``pred`` whatever the images: the module's loss is then all that is tested."""
+
+    def __init__(self, pred: Tensor) -> None:
+        super().__init__()
+        self.pred = nn.Parameter(pred.clone())
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.pred
+
+
+def test_label_smoothing_is_fastai_loss(batch: tuple[Tensor, Tensor, Tensor]) -> None:
+    x, y, pred = batch
     for eps in (0.1, 0.3):
-        theirs = LabelSmoothingCrossEntropy(eps=eps)(pred, y)
-        torch.testing.assert_close(F.cross_entropy(pred, y, label_smoothing=eps), theirs)
+        model = ImagenetteClassifier(lambda n: FixedLogits(pred), num_classes=pred.shape[1], label_smoothing=eps)
+        ours = model.training_step((x, y), 0)["loss"]  # the module's own training loss (no mixup)
+        torch.testing.assert_close(ours, LabelSmoothingCrossEntropy(eps=eps)(pred, y))
