@@ -15,15 +15,17 @@ import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from tqdm import tqdm
 
 from imagenette_sota.atomic import replacing
+from imagenette_sota.callbacks.tta import Mode
+from imagenette_sota.data.normalization import Mode as NormalizeMode
 from imagenette_sota.predict import Prediction, Predictor
 from imagenette_sota.trained import LEGACY_OPTIONS, CheckpointError
 
-TTA_MODES = ("flip", "five_crop", "augment")
+TTA_MODES = get_args(Mode)
 PROGRESS_FROM = 200  # files: fewer finish before a progress bar would tell anything
 
 
@@ -37,7 +39,7 @@ def _parser(name: str, description: str) -> argparse.ArgumentParser:
     )
     old.add_argument("--presize", type=int)
     old.add_argument("--val_size", type=int)
-    old.add_argument("--normalize", choices=("imagenet", "batch", "none"))
+    old.add_argument("--normalize", choices=get_args(NormalizeMode))
     old.add_argument("--dataset", help="the dataset it was trained on (its class ids and names)")
     return p
 
@@ -188,8 +190,9 @@ def serve(argv: list[str]) -> int:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--top_k", type=int, default=5)
     p.add_argument("--tta", choices=TTA_MODES)
-    p.add_argument("--max_batch_size", type=int, default=16, help="requests classified together")
-    p.add_argument("--batch_timeout", type=float, default=0.01, help="seconds to wait to fill a batch")
+    # None: ClassifierAPI's own defaults (typed there once)
+    p.add_argument("--max_batch_size", type=int, help="requests classified together (default: ClassifierAPI's)")
+    p.add_argument("--batch_timeout", type=float, help="seconds to wait to fill a batch (default: ClassifierAPI's)")
     args = p.parse_args(argv)
     try:
         from imagenette_sota import serve as serving
@@ -202,8 +205,7 @@ def serve(argv: list[str]) -> int:
             args.port,
             top_k=args.top_k,
             tta=args.tta,
-            max_batch_size=args.max_batch_size,
-            batch_timeout=args.batch_timeout,
+            **{k: v for k in ("max_batch_size", "batch_timeout") if (v := getattr(args, k)) is not None},
             **_options(args),
         )
     except CheckpointError as e:
