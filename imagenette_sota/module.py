@@ -18,8 +18,8 @@ from imagenette_sota import seeds
 from imagenette_sota.checks import check_numbers
 from imagenette_sota.mixup import cutmix, mixed_loss, mixup
 from imagenette_sota.models import xresnet50
-from imagenette_sota.optim import OptimizerCallable, adam
-from imagenette_sota.schedule import WEIGHT_DECAY, Cycle, one_cycle, param_groups
+from imagenette_sota.optim import WEIGHT_DECAY, OptimizerCallable, adam
+from imagenette_sota.schedule import Cycle, one_cycle, param_groups
 
 Batch = tuple[Tensor, Tensor]
 

@@ -21,6 +21,7 @@ from torch.optim import Optimizer
 
 BETAS = (0.9, 0.99)  # fastai Adam's (mom, sqr_mom)
 EPS = 1e-5
+WEIGHT_DECAY = 0.01  # fastai's default wd, decoupled (true_wd)
 FUSED_DEVICES = ("cpu", "cuda", "mps", "xpu")  # device types with torch's fused AdamW kernel
 
 OptimizerCallable = Callable[[Iterable[Any]], Optimizer]  # parameters or groups -> optimizer (LightningCLI's)
@@ -136,7 +137,7 @@ class Ranger(LookAhead):
         mom: float = 0.95,
         sqr_mom: float = 0.99,
         eps: float = 1e-6,
-        weight_decay: float = 0.01,
+        weight_decay: float = WEIGHT_DECAY,
         k: int = 6,
         alpha: float = 0.5,
     ) -> None:

@@ -24,7 +24,6 @@ from imagenette_sota import optim
 from imagenette_sota.checks import check_numbers
 
 MOMS = (0.95, 0.85)  # beta1 at the start and end of the cycle, and at its peak
-WEIGHT_DECAY = 0.01  # fastai's default wd, decoupled (true_wd)
 
 
 @dataclass(frozen=True)
@@ -65,7 +64,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     ]
 
 
-def adam(model: nn.Module, lr: float, weight_decay: float = WEIGHT_DECAY) -> torch.optim.AdamW:
+def adam(model: nn.Module, lr: float, weight_decay: float = optim.WEIGHT_DECAY) -> torch.optim.AdamW:
     """fastai's Adam (``optim.adam``) over ``model``'s parameter groups, with true weight decay."""
     return optim.adam(param_groups(model, weight_decay), lr)
 
