@@ -35,6 +35,7 @@ import random
 import re
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -42,19 +43,15 @@ import lightning as L
 import torch
 import yaml
 
-from benchmarks.common import DATA_ROOT, REPO, imagenette160, report
+from benchmarks.common import DATA_ROOT, QUIET_FIT, REPO, imagenette160, report
 from imagenette_sota import seeds
 
 CONFIGS = REPO / "configs"
 QUIET = [
+    *QUIET_FIT,
     "--trainer.accelerator=cpu",
     "--trainer.devices=1",
     "--trainer.precision=32-true",
-    "--trainer.logger=false",
-    "--trainer.enable_checkpointing=false",
-    "--trainer.enable_progress_bar=false",
-    "--trainer.enable_model_summary=false",
-    "--trainer.num_sanity_val_steps=0",
     "--inspection.max_images=0",
     "--inspection.top_losses=0",
     "--inspection.confusion_matrix=false",
@@ -242,7 +239,7 @@ def fastai_side(name: str, config: dict[str, Any], data: Path, epochs: int | Non
     optimizer = m["optimizer"]
     if isinstance(optimizer, dict) and optimizer["class_path"].endswith("Ranger"):
         o = optimizer["init_args"]
-        opt_func = _partial(ranger, mom=o["mom"], sqr_mom=o["sqr_mom"], eps=o["eps"], k=o["k"], alpha=o["alpha"])
+        opt_func = partial(ranger, mom=o["mom"], sqr_mom=o["sqr_mom"], eps=o["eps"], k=o["k"], alpha=o["alpha"])
     else:
         opt_func = Adam  # fastai's default: mom 0.9, sqr_mom 0.99, eps 1e-5
     smoothing = m["label_smoothing"]
@@ -270,13 +267,6 @@ def fastai_side(name: str, config: dict[str, Any], data: Path, epochs: int | Non
     wall = time.perf_counter() - start
     steps = sum(len(e) for e in losses)
     return {"acc": accs, "loss": [sum(e) / len(e) for e in losses], "steps": steps, "s": wall}
-
-
-def _partial(func, **kwargs):
-    """functools.partial that fastai's Learner accepts as opt_func."""
-    from functools import partial
-
-    return partial(func, **kwargs)
 
 
 def _progressive(config: dict[str, Any]) -> dict[str, Any]:
