@@ -57,10 +57,12 @@ bench: install-bench  ## data and training throughput vs fastai, side by side (m
 
 # What benchmarks/gpu.sh needs on a lent GPU machine (no network there; carry .gpu-data): the compact WebP copy
 # of Imagenette, 300 JPEGs for the decode comparison, and pure-Python wheels it may lack (installed only if missing;
-# fastprogress 1.0.3 because 1.1 imports python-fasthtml, which is not there).
+# fastprogress 1.0.3 because 1.1 imports python-fasthtml, which is not there; jsonargparse[signatures] for the CLI,
+# which the GPU image lacks).
 SHARED_DATA ?= ../shared/data
 GPU_WHEELS := lightning==2.6.6 lightning-utilities==0.15.3 torchmetrics==1.9.0 fastai==2.8.12 fastcore==2.2.41 \
-	fasttransform==0.0.5 fastprogress==1.0.3 fastdownload==0.0.8 plum-dispatch==2.9.0 beartype==0.23.1
+	fasttransform==0.0.5 fastprogress==1.0.3 fastdownload==0.0.8 plum-dispatch==2.9.0 beartype==0.23.1 \
+	jsonargparse==4.53.0 docstring-parser==0.18.0 typeshed-client==2.15.0
 
 gpu-data:  ## fill .gpu-data/ for benchmarks/gpu.sh (archives from SHARED_DATA + wheels, ~56 MB)
 	mkdir -p .gpu-data/wheels

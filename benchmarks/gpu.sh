@@ -27,7 +27,8 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 OUT
 # module:distribution pairs; a distribution is installed only if its module cannot be found (no imports: fast).
 pairs="lightning_utilities:lightning-utilities torchmetrics:torchmetrics lightning:lightning fastcore:fastcore
   fastprogress:fastprogress fastdownload:fastdownload beartype:beartype plum:plum-dispatch
-  fasttransform:fasttransform fastai:fastai"
+  fasttransform:fasttransform fastai:fastai jsonargparse:jsonargparse
+  docstring_parser:docstring-parser typeshed_client:typeshed-client"
 read -ra need < <($PY -c 'import importlib.util, sys
 print(" ".join(d for m, d in (p.split(":") for p in sys.argv[1].split()) if importlib.util.find_spec(m) is None))' \
   "$pairs")

@@ -96,7 +96,9 @@ def main(argv: list[str] | None = None) -> None:
     jpeg_dir: Path | None = None
     if "fast_paths" in args.sections:
         try:
-            jpeg_dir = extract(args.jpegs, JPEG_MD5, args.scratch, args.workers)[0]
+            # a folder of its own: the suite refuses a root that already holds another dataset's folder
+            jpegs_scratch = args.scratch.with_name(args.scratch.name + "-jpegs")
+            jpeg_dir = extract(args.jpegs, JPEG_MD5, jpegs_scratch, args.workers)[0]
         except Exception as e:
             run.figures["errors"]["jpegs"] = f"{type(e).__name__}: {e}"
     if "dir" not in data:
