@@ -1,6 +1,7 @@
 """The CPU proxy recipe side by side with fastai, plus the model-compute floor, on imagenette2-160 (official val).
 
     python -m benchmarks.cpu_proxy [--epochs 5 --arch xresnet18 --presize 128 --size 64 --bs 64 --lr 3e-3]
+    python -m benchmarks.cpu_proxy --same-work   # + ours doing fastai's work: "best of each" and "same work" rows
     python -m benchmarks.cpu_proxy --ramp 48 --tta --skip-fastai  # progressive + TTA rows
     python -m benchmarks.cpu_proxy --mini --epochs 1 --limit-batches 3  # a smoke run on the 300-image archive
 
@@ -22,71 +23,20 @@ Last line: one JSON object (accuracies, wall times, ``time_ratio_vs_fastai``, ``
 from __future__ import annotations
 
 import argparse
-import math
+import os
 import time
 from collections.abc import Callable
 
 import lightning as L
-import torch
-import torch.nn.functional as F
 
 from benchmarks.common import fastai_dataloaders, imagenette160, peak_rss_gib, quiet_trainer, report, reset_peak_rss
+from benchmarks.floor import floor_seconds
 from imagenette_sota import models
 from imagenette_sota.callbacks import ProgressiveResize, Ramp, TTASettings, tta
 from imagenette_sota.data import ImagenetteDataModule
 from imagenette_sota.data.cache import CachedImages
 from imagenette_sota.module import ImagenetteClassifier
-from imagenette_sota.schedule import Cycle, adam
-
-TRAIN_IMAGES, VAL_IMAGES = 9469, 3925
-MINI_TRAIN, MINI_VAL = 200, 100
-
-
-def step_times(
-    arch: str, size: int, bs: int, val_bs: int, val_size: int, channels_last: bool, reps: int = 8
-) -> tuple[float, float]:
-    """Seconds per train step at ``size`` and per eval step at ``val_size``, on random tensors."""
-    layout = torch.channels_last if channels_last else torch.contiguous_format
-    model = getattr(models, arch)(10).to(memory_format=layout)
-    opt = adam(model, 3e-3)
-    x, y = torch.randn(bs, 3, size, size).contiguous(memory_format=layout), torch.randint(0, 10, (bs,))
-
-    def train_step() -> None:
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    xv = torch.randn(val_bs, 3, val_size, val_size).contiguous(memory_format=layout)
-
-    @torch.inference_mode()
-    def eval_step() -> None:
-        model(xv)
-
-    def per_step(step, train: bool) -> float:
-        model.train(train)
-        for _ in range(2):
-            step()
-        start = time.perf_counter()
-        for _ in range(reps):
-            step()
-        return (time.perf_counter() - start) / reps
-
-    return per_step(train_step, True), per_step(eval_step, False)
-
-
-def floor_seconds(
-    arch: str, sizes: list[int], bs: int, val_bs: int, val_size: int, channels_last: bool, mini: bool = False
-) -> dict[str, float]:
-    """Model-compute floor: per-step times on random tensors x the recipe's step counts (``sizes``: per epoch)."""
-    times = {s: step_times(arch, s, bs, val_bs, val_size, channels_last) for s in sorted(set(sizes))}
-    t_eval = times[sizes[-1]][1]
-    train, val = (MINI_TRAIN, MINI_VAL) if mini else (TRAIN_IMAGES, VAL_IMAGES)
-    steps_train, steps_eval = train // bs, math.ceil(val / val_bs)
-    return {
-        "floor_train_ips": bs / times[sizes[-1]][0],
-        "floor_eval_ips": val_bs / t_eval,
-        "floor_s": sum(times[s][0] * steps_train + t_eval * steps_eval for s in sizes),
-    }
+from imagenette_sota.schedule import Cycle
 
 
 def epoch_sizes(args: argparse.Namespace) -> list[int]:
@@ -288,6 +238,8 @@ def recipe(args: argparse.Namespace) -> dict:
 def main() -> None:
     p = parser()
     p.add_argument("--tta", action="store_true", help="TTA rows on our weights (and fastai's tta on them)")
+    same_help = "after ours on its defaults, ours again doing fastai's work (no cache, fastai's workers, NCHW)"
+    p.add_argument("--same-work", action="store_true", help=same_help)
     args = p.parse_args()
     data_dir = imagenette160(args.mini)
     figures = recipe(args)
@@ -304,6 +256,8 @@ def main() -> None:
                 figures |= fastai_tta(data_dir, model, args)
             except ImportError:
                 print("fastai is not installed (make install-bench): no fastai tta row", flush=True)
+    if args.same_work and not args.skip_ours:
+        figures |= same_work(data_dir, args)
     if not args.skip_fastai:
         reset_peak_rss()
         figures |= fastai_run(data_dir, args)
@@ -313,7 +267,19 @@ def main() -> None:
     if "ours_s" in figures and "fastai_s" in figures:
         figures["time_ratio_vs_fastai"] = figures["ours_s"] / figures["fastai_s"]
         figures["acc_diff_vs_fastai"] = figures["ours_acc"] - figures["fastai_acc"]
+    if "same_work_ours_s" in figures and "fastai_s" in figures:
+        figures["same_work_time_ratio_vs_fastai"] = figures["same_work_ours_s"] / figures["fastai_s"]
     report(rounded(figures))
+
+
+def same_work(data_dir, args: argparse.Namespace) -> dict:
+    """Ours again doing fastai's work: decoding every epoch (no cache) with fastai's worker count, in NCHW."""
+    workers = args.fastai_workers if args.fastai_workers is not None else min(16, len(os.sched_getaffinity(0)))
+    like = argparse.Namespace(**vars(args) | {"cache": False, "workers": workers, "nchw": True})
+    reset_peak_rss()
+    run, _, _ = ours(data_dir, like)
+    print(f"ours, same work: {run['ours_acc']:.4f} in {run['ours_s']:.0f} s", flush=True)
+    return {f"same_work_{k}": v for k, v in run.items()} | {"same_work_ours_peak_rss_gib": peak_rss_gib()}
 
 
 def rounded(figures: dict) -> dict:

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from imagenette_sota.atomic import replacing
+from imagenette_sota.models import fold_batchnorm
 from imagenette_sota.predict import WithPreprocessing
 from imagenette_sota.trained import Trained, load
 
@@ -48,7 +49,8 @@ def targets(out: str | Path) -> list[Path]:
 def export(checkpoint: str | Path, out: str | Path, **options: Any) -> list[Path]:
     """Write the checkpoint's model as ``targets(out)``; ``options`` as for ``trained.load``. Returns the files."""
     trained = load(checkpoint, **options)
-    model = WithPreprocessing(trained.network(channels_last=False), trained.data_module()).eval()  # plain NCHW graph
+    network = fold_batchnorm(trained.network(channels_last=False))  # plain NCHW, BatchNorm folded as the Predictor's
+    model = WithPreprocessing(network, trained.data_module()).eval()
     example = torch.randint(0, 256, (2, 3, trained.presize, trained.presize), dtype=torch.uint8)
     shapes = ({0: torch.export.Dim("batch", min=1, max=MAX_BATCH)},)
     meta = metadata(trained)

@@ -4,9 +4,10 @@
     for p in predictor(["cat.jpg", pil_image, uint8_tensor], top_k=3):
         print(p.top[0].name, p.top[0].probability)
 
-An image is presized exactly as a validation image is (``PresizedImages``: decode to RGB, short side to
-``presize``, centre crop), then batched through the data module's ``val_transform`` (resize to ``val_size``,
-normalize) and the network; with ``tta`` through the existing ``TTAPredictor`` views instead.
+An image is presized exactly as a validation image is (the dataset's own ``open_rgb`` and ``presize``: decode to
+RGB, short side to ``presize``, centre crop), then batched through the data module's ``val_transform`` (resize to
+``val_size``, normalize) and the network; with ``tta`` through the existing ``TTAPredictor`` views instead. Augment
+TTA re-draws the presize crop per view, as fastai's ``tta`` does, and seeds every draw from the image's own pixels.
 """
 
 from __future__ import annotations
@@ -24,9 +25,19 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.functional import pil_to_tensor, to_pil_image
 
+from imagenette_sota import seeds
 from imagenette_sota.callbacks.tta import Mode, TTAPredictor, TTASettings
 from imagenette_sota.data import ImagenetteDataModule
-from imagenette_sota.data.dataset import BadImageError, PresizedImages, presize, to_rgb
+from imagenette_sota.data.dataset import (
+    DECODE_ERRORS,
+    BadImageError,
+    content_key,
+    keyed_crops,
+    open_rgb,
+    presize,
+    to_rgb,
+)
+from imagenette_sota.models import fold_batchnorm
 from imagenette_sota.trained import Trained, load
 
 ImageInput = str | Path | bytes | BinaryIO | Image.Image | Tensor | np.ndarray
@@ -49,19 +60,29 @@ class Prediction:
 
 
 class _Files(Dataset):
-    """``(index, presized uint8 image)`` or ``(index, reason)`` for each file: a bad file does not stop a run."""
+    """``(index, uint8 image)`` or ``(index, reason)`` for each file: a bad file does not stop a run.
 
-    def __init__(self, files: Sequence[str | Path | BinaryIO], size: int) -> None:
-        self.images = PresizedImages([(Path(f) if isinstance(f, str) else f, 0) for f in files], size, train=False)
+    The image is the validation crop (3, P, P), or with ``crops`` > 0 the (1 + crops, 3, P, P) of ``keyed_crops``.
+    """
+
+    def __init__(self, files: Sequence[str | Path | BinaryIO], size: int, crops: int = 0, seed: int = 0) -> None:
+        self.files, self.size, self.crops, self.seed = list(files), size, crops, seed
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.files)
 
     def __getitem__(self, i: int) -> tuple[int, Tensor | str]:
-        try:
-            return i, self.images[i][0]
-        except BadImageError as e:  # PIL's reason (truncated, not an image, unreadable), without the dataset's advice
-            return i, f"cannot decode image: {e.__cause__ or e}"
+        file = self.files[i]
+        try:  # decoded as the dataset decodes (JPEGs DCT-scaled to >= size)
+            img = open_rgb(Path(file) if isinstance(file, str) else file, self.size)
+        except DECODE_ERRORS as e:  # PIL's reason (truncated, not an image, unreadable)
+            return i, f"cannot decode image: {e}"
+        return i, crops_of(img, self.size, self.crops, self.seed)
+
+
+def crops_of(img: Image.Image, size: int, crops: int, seed: int) -> Tensor:
+    """The validation crop (3, size, size) of an RGB image, or its ``keyed_crops`` when ``crops`` > 0."""
+    return keyed_crops(img, size, crops, seed) if crops else pil_to_tensor(presize(img, size, (0.5, 0.5)))
 
 
 def _stack_good(batch: list[tuple[int, Tensor | str]]) -> tuple[list[int], Tensor | None, dict[int, str]]:
@@ -105,11 +126,14 @@ class Predictor:
         "augment" (the TTA code with fastai's defaults), or TTASettings.
         """
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.network, self.data = network.to(self.device).eval(), data
+        # BatchNorm folded into the convs: the same probabilities (to float rounding), one pass less per ConvBN.
+        self.network, self.data = fold_batchnorm(network.to(self.device).eval()), data
         self.model = WithPreprocessing(self.network, data)  # the exported graphs compute exactly this
         self.classes, self.class_names = list(classes), list(class_names)
         settings = TTASettings(mode=tta) if isinstance(tta, str) else tta
         self.tta = None if settings is None else TTAPredictor(self.network, data, settings)
+        # Like fastai's tta, augmented views re-draw the presize crop: such a Predictor takes 1 + n crops per image.
+        self.crops = settings.n if settings is not None and settings.mode == "augment" else 0
 
     @classmethod
     def from_checkpoint(
@@ -134,12 +158,22 @@ class Predictor:
 
         Files (paths, bytes, binary file objects) decode as the dataset decodes them (JPEGs DCT-scaled).
         """
+        return self._crops(image, 0)
+
+    def prepared(self, image: ImageInput) -> Tensor:
+        """What ``probabilities`` takes for one image: ``presized``, or (1 + n, 3, P, P) crops for augment TTA."""
+        return self._crops(image, self.crops)
+
+    def _crops(self, image: ImageInput, crops: int) -> Tensor:
+        """The centre crop, or ``keyed_crops``, of any supported image."""
+        seed = 0 if self.tta is None else self.tta.settings.seed
         if isinstance(image, bytes):  # an encoded file's bytes (an upload)
             image = io.BytesIO(image)
         if isinstance(image, (str, Path, io.IOBase)):
-            item = _Files([image], self.presize)[0][1]
+            item = _Files([image], self.presize, crops, seed)[0][1]
             if isinstance(item, str):
-                raise BadImageError(item)
+                name = image if isinstance(image, (str, Path)) else getattr(image, "name", "the image's bytes")
+                raise BadImageError(f"{name}: {item}")
             return item
         if isinstance(image, np.ndarray):  # numpy: (H, W) or (H, W, C), the image libraries' layout
             image = torch.from_numpy(np.array(image.transpose(2, 0, 1) if image.ndim == 3 else image))  # copied
@@ -152,15 +186,23 @@ class Predictor:
             image = to_pil_image(image if image.ndim == 3 else image[None])
         if not isinstance(image, Image.Image):
             raise TypeError(f"cannot classify a {type(image).__name__}: give a path, a PIL image or a uint8 array")
-        return pil_to_tensor(presize(to_rgb(image), self.presize, (0.5, 0.5)))
+        return crops_of(to_rgb(image), self.presize, crops, seed)
 
     @torch.inference_mode()
     def probabilities(self, x: Tensor) -> Tensor:
-        """Class probabilities (B, C) of a presized uint8 batch (B, 3, presize, presize)."""
-        x = x.to(self.device, non_blocking=True)
-        if self.tta is not None:
-            return self.tta.predict_step((x, torch.zeros(len(x), dtype=torch.long)), 0)["probs"].float().cpu()
-        return self.model(x).float().cpu()
+        """Class probabilities (B, C) of a presized uint8 batch (B, 3, P, P), or (B, 1 + n, 3, P, P) (``prepared``).
+
+        Augment TTA seeds each image's draws from its own centre crop (``content_key``): an image gets the same
+        answer in any batch, at any position, in any call.
+        """
+        if self.tta is None:
+            return self.model(x.to(self.device, non_blocking=True)).float().cpu()
+        generators = None
+        if self.tta.settings.mode == "augment":
+            centres = (x[:, 0] if x.ndim == 5 else x).cpu()
+            seed = self.tta.settings.seed
+            generators = [seeds.generator(seeds.derive(seed, seeds.AUGMENT, content_key(c))) for c in centres]
+        return self.tta.predict(x.to(self.device, non_blocking=True), generators)["probs"].float().cpu()
 
     def top(self, probs: Tensor, top_k: int = 5) -> list[Prediction]:
         """Per row of ``probs`` its ``top_k`` (class id, name, probability) and the row itself."""
@@ -191,7 +233,7 @@ class Predictor:
             return out
         items = list(images)
         for start in range(0, len(items), batch_size):
-            x = torch.stack([self.presized(image) for image in items[start : start + batch_size]])
+            x = torch.stack([self.prepared(image) for image in items[start : start + batch_size]])
             out += self.top(self.probabilities(x), top_k)
         return out
 
@@ -200,7 +242,9 @@ class Predictor:
     ) -> Iterator[tuple[Path, Prediction | str]]:
         """(path, prediction) per file in order, or (path, why it could not be read); decoding in ``num_workers``."""
         paths = [Path(p) for p in paths]
-        loader = DataLoader(_Files(paths, self.presize), batch_size, num_workers=num_workers, collate_fn=_stack_good)
+        seed = 0 if self.tta is None else self.tta.settings.seed
+        files = _Files(paths, self.presize, self.crops, seed)
+        loader = DataLoader(files, batch_size, num_workers=num_workers, collate_fn=_stack_good)
         start = 0
         for good, images, failed in loader:
             answers = self.top(self.probabilities(images), top_k) if images is not None else []

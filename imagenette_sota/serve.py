@@ -4,17 +4,21 @@
     curl -F image=@photo.jpg http://127.0.0.1:8000/predict
     # {"top_k": [{"class_id": "n03888257", "name": "parachute", "probability": 0.93}, ...]}
 
-Requests are batched on the server (``max_batch_size``, ``batch_timeout``) and go through the ``Predictor``. A bad
+Requests are batched on the server (``max_batch_size``, ``batch_timeout``), a batch's uploads are decoded in parallel
+threads (PIL releases the GIL), and the batch goes through the ``Predictor``. A bad
 upload (not an image, truncated, no ``image`` field, not multipart) is answered 4xx with the reason; it never fails
 the good requests batched with it, and the server keeps serving.
 """
 
 from __future__ import annotations
 
+import io
+import os
 import re
 import signal
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import litserve as ls
 import torch
@@ -34,6 +38,13 @@ HOW = f"POST the image file as multipart form field {FIELD!r} (curl -F {FIELD}=@
 
 class Rejected(str):
     """Why an upload could not be classified (the 400 response's message)."""
+
+
+class Upload(NamedTuple):
+    """An uploaded file's name and bytes, not decoded yet."""
+
+    name: str
+    data: bytes
 
 
 class RequireMultipart:
@@ -68,29 +79,39 @@ class ClassifierAPI(ls.LitAPI):
         ``options`` for old checkpoints (as ``Predictor.from_checkpoint``)."""
         super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout, api_path=PATH)
         self.checkpoint, self.top_k, self.tta, self.options = str(checkpoint), top_k, tta, options
+        self.pool: ThreadPoolExecutor | None = None
 
     def setup(self, device: str) -> None:
         """Load the checkpoint on ``device`` (in the inference worker)."""
         self.predictor = Predictor.from_checkpoint(self.checkpoint, device=device, tta=self.tta, **self.options)
 
-    def decode_request(self, request) -> torch.Tensor | Rejected:  # no annotation: LitServe then passes the form
-        """The upload presized like a validation image, or why it cannot be (never raises: it shares a batch)."""
+    def decode_request(self, request) -> Upload | Rejected:  # no annotation: LitServe then passes the form
+        """The upload's bytes (decoded with the rest of its batch, in ``batch``), or why there are none."""
         upload = request.get(FIELD) if hasattr(request, "get") else None
         if not isinstance(upload, UploadFile):
             return Rejected(f"no file in form field {FIELD!r}: {HOW}")
-        try:
-            return self.predictor.presized(upload.file.read())
-        except BadImageError as e:
-            name = upload.filename or "the upload"
-            return Rejected(f"{name}: {re.sub(r'<_io.BytesIO object at 0x[0-9a-f]+>', 'the upload', str(e))}")
+        return Upload(upload.filename or "the upload", upload.file.read())
 
-    def batch(self, inputs: list[torch.Tensor | Rejected]) -> list[torch.Tensor | Rejected]:
-        """The batch stays a list: rejected uploads are skipped by ``predict``, not stacked."""
-        return list(inputs)
+    def decode(self, item: Upload | Rejected) -> torch.Tensor | Rejected:
+        """The upload presized like a validation image, or why it cannot be (never raises: it shares a batch)."""
+        if isinstance(item, Rejected):
+            return item
+        file = io.BytesIO(item.data)
+        file.name = item.name  # the Predictor's error names it
+        try:
+            return self.predictor.prepared(file)
+        except BadImageError as e:
+            return Rejected(re.sub(r"<_io.BytesIO object at 0x[0-9a-f]+>", "the upload", str(e)))
+
+    def batch(self, inputs: list[Upload | Rejected]) -> list[torch.Tensor | Rejected]:
+        """The batch's uploads decoded in parallel threads; it stays a list (``predict`` skips the rejected)."""
+        if self.pool is None:  # made here, in the inference worker process, on first use
+            self.pool = ThreadPoolExecutor(len(os.sched_getaffinity(0)), thread_name_prefix="decode")
+        return list(self.pool.map(self.decode, inputs))
 
     def predict(self, x: Any) -> Any:
         """Classify the decoded images of a batch (or of one request when batching is off)."""
-        items = x if isinstance(x, list) else [x]
+        items = x if isinstance(x, list) else [self.decode(x)]
         good = [i for i, item in enumerate(items) if isinstance(item, torch.Tensor)]
         probs = self.predictor.probabilities(torch.stack([items[i] for i in good])) if good else None
         answers = self.predictor.top(probs, self.top_k) if good else []

@@ -144,6 +144,25 @@ def test_tta_goes_through_the_tta_code(tiny_ckpt: Path, predictor: Predictor, ph
         assert probs.shape == (4, 10) and not torch.allclose(probs, predictor.probabilities(x))
 
 
+def test_augment_tta_redraws_crops_and_answers_alike_in_any_batch(tiny_ckpt: Path, photos: list[Path]) -> None:
+    augment = Predictor.from_checkpoint(tiny_ckpt, device="cpu", tta="augment")
+    views = augment.prepared(photos[0])
+    # fastai's tta re-draws the presize crop in every augmented pass: the centre crop, then 4 crops of their own.
+    assert views.shape == (5, 3, augment.presize, augment.presize)
+    assert torch.equal(views[0], augment.presized(photos[0]))
+    assert sum(not torch.equal(view, views[0]) for view in views[1:]) >= 3  # the photos are not square
+    torch.testing.assert_close(augment.prepared(photos[0]), views, atol=0, rtol=0)  # seeded by the image itself
+    # An image's answer does not depend on its batch, its position in it, the call or the path it came by.
+    together = [p.probs for p in augment(photos[:4])]
+    reversed_in_threes = [p.probs for p in augment(photos[3::-1], batch_size=3)][::-1]
+    alone = [augment(photo)[0].probs for photo in photos[:4]]
+    from_files = [p.probs for _, p in augment.classify_files(photos[:4], batch_size=2)]
+    for answers in (reversed_in_threes, alone, from_files):
+        torch.testing.assert_close(torch.stack(answers), torch.stack(together), atol=1e-5, rtol=0)
+    plain = Predictor.from_checkpoint(tiny_ckpt, device="cpu")
+    assert not torch.allclose(torch.stack(together), torch.stack([p.probs for p in plain(photos[:4])]), atol=1e-4)
+
+
 def _old(tiny_ckpt: Path, folder: Path) -> Path:
     """The checkpoint as written before it carried the inference settings."""
     saved = torch.load(tiny_ckpt, map_location="cpu", weights_only=True)

@@ -247,15 +247,15 @@ def test_a_scheduler_that_cannot_be_resumed_is_refused() -> None:
         trainer.fit(Net(scheduler="constant"), datamodule=Shapes())
 
 
-def test_a_one_cycle_sized_for_constant_batches_is_refused_before_it_runs_out() -> None:
-    """torch's OneCycleLR over ``estimated_stepping_batches`` (1 step x 2 epochs) cannot take epoch 1's 4 steps."""
+def test_a_one_cycle_sized_for_constant_batches_is_refused_before_it_runs() -> None:
+    """torch's OneCycleLR over ``estimated_stepping_batches`` (1 step x 2 epochs) cannot take the fit's 1 + 4 steps."""
     resize = ProgressiveResize({0: Stage(32, 32), 1: Stage(48, 8)})
     probe = Probe()
     trainer = L.Trainer(max_epochs=2, enable_checkpointing=False, callbacks=[resize, TrainScalars(), probe], **QUIET)
-    message = r"epoch 1 takes 4 optimizer steps at batch size 8, but the OneCycleLR has 1 of its 2 left.*OneCycles"
-    with pytest.raises(RuntimeError, match=message):
+    message = r"this fit takes 5 optimizer steps with the stages' batch sizes, but the OneCycleLR has 2 of its 2 left"
+    with pytest.raises(RuntimeError, match=message + r".*OneCycles.*total_steps"):
         trainer.fit(Net(scheduler="torch_one_cycle"), datamodule=Shapes())
-    assert probe.train == [(0, (32, 3, 32, 32))]  # refused before epoch 1's first step, not at step 3
+    assert probe.train == []  # refused when training starts, before its first step
     assert resize.total_steps(trainer) == 1 + 4
 
 

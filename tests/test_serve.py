@@ -12,16 +12,19 @@ from imagenette_sota.predict import Predictor
 pytest.importorskip("litserve")
 
 
+@pytest.mark.parametrize("tta", [None, "augment"])
 def test_served_answers_equal_the_predictor_and_bad_uploads_get_4xx(
-    tiny_ckpt: Path, photos: list[Path], tmp_path: Path
+    tiny_ckpt: Path, photos: list[Path], tmp_path: Path, tta: str | None
 ) -> None:
-    predictor = Predictor.from_checkpoint(tiny_ckpt, device="cpu")
+    # Augmented TTA too: an image's draws follow its pixels, so the server's batching cannot change its answer.
+    predictor = Predictor.from_checkpoint(tiny_ckpt, device="cpu", tta=tta)
     expected = predictor(photos, top_k=3)
     good = [(p.read_bytes(), p.name, True) for p in photos]
     bad = bad_uploads(good[0][0], 4)  # truncated, text, empty, raw body
     uploads = [u for pair in zip(good, bad, strict=False) for u in pair] + good[len(bad) :]  # interleaved
     log = tmp_path / "server.log"
-    with running_server(tiny_ckpt, ["--top_k", "3", "--max_batch_size", "8"], log) as url:
+    options = ["--top_k", "3", "--max_batch_size", "8", *(["--tta", tta] if tta else [])]
+    with running_server(tiny_ckpt, options, log) as url:
         results = send(url, uploads, 8)  # good and bad in flight together: they share server batches
         after = post_image(url, *good[-1])
     answers = {}

@@ -16,6 +16,7 @@ from imagenette_sota.models import (
     ResBlock,
     SimpleSelfAttention,
     XResNet,
+    fold_batchnorm,
     xresnet18,
     xresnet34,
     xresnet50,
@@ -314,3 +315,28 @@ def test_fastai_state_dict_loads_and_gives_the_same_logits(name: str) -> None:
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(ours.eval()(x), theirs.eval()(x))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fold_batchnorm_is_the_same_function_without_batchnorm(channels_last: bool) -> None:
+    torch.manual_seed(0)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    model = xresnet18(10).to(memory_format=layout)
+    for _ in range(3):  # running statistics of real batches, and affine parameters away from their init
+        model(torch.randn(8, 3, 32, 32))
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            nn.init.uniform_(m.weight, 0.5, 1.5)
+            nn.init.uniform_(m.bias, -0.2, 0.2)
+    model.eval()
+    norms = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    folded = fold_batchnorm(model)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == norms > 0  # the original is untouched
+    convs = [m for m in folded.modules() if isinstance(m, nn.Conv2d)]
+    assert all(c.weight.is_contiguous(memory_format=layout) for c in convs)
+    x = torch.randn(4, 3, 64, 64).contiguous(memory_format=layout)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x), atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="eval"):
+        fold_batchnorm(model.train())

@@ -31,9 +31,11 @@ What it sets, and when (public state only):
 - A new batch size needs a new train loader: when the stages change it, the callback sets the Trainer's public
   ``reload_dataloaders_every_n_epochs`` to 1 (loaders are then rebuilt every epoch).
 - Batch sizes that change also change the number of optimizer steps per epoch, which
-  ``trainer.estimated_stepping_batches`` (every epoch at the first batch size) does not know: before an epoch's
-  first step the callback refuses a step scheduler (a ``OneCycleLR``) without room for that epoch's steps, naming
-  the fix (``OneCycles`` times one-cycles to the stages; ``ProgressiveResize.total_steps`` counts a fit's steps).
+  ``trainer.estimated_stepping_batches`` (every epoch at the first batch size) does not know: when training starts
+  the callback refuses a step scheduler (a ``OneCycleLR``) without room for the fit's steps (unless ``OneCycles``,
+  which sizes its own, is among the callbacks), and before each epoch's first step one without room for that epoch,
+  naming the fix (``OneCycles`` times one-cycles to the stages; ``ProgressiveResize.total_steps`` counts a fit's
+  steps).
 
 Multi-GPU (``trainer: {strategy: ddp, devices: N}``): ``batch_size`` is per device, the global batch is
 batch_size x devices x num_nodes, and no learning rate is rescaled with it: scale the cycles' ``lr_max`` yourself if
@@ -177,15 +179,23 @@ class ProgressiveResize(Callback):
         self._apply(trainer, trainer.current_epoch)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """The epoch a fit starts with is known now (a resumed one's too): size its data."""
+        """The epoch a fit starts with is known now (a resumed one's too): size its data; check the schedulers."""
         self._apply(trainer, trainer.current_epoch)
+        from imagenette_sota.callbacks.cycles import OneCycles  # here: that module imports this one
+
+        # OneCycles replaces the scheduler with one sized to each stage; a fit of unknown length cannot run out.
+        own_cycles = any(isinstance(callback, OneCycles) for callback in trainer.callbacks)
+        if self._batch_sizes_change() and not own_cycles and (trainer.max_epochs or -1) >= 0:
+            epochs = range(trainer.current_epoch, trainer.max_epochs)
+            self._check_room(trainer, sum(epoch_steps(trainer, self.batch_size_at(e)) for e in epochs), "this fit")
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         """Before an epoch's first step: refuse a step scheduler without room for the epoch (see the module doc)."""
         if batch_idx == 0 and self._batch_sizes_change():
-            self._check_room(trainer)
+            epoch = trainer.current_epoch
+            self._check_room(trainer, epoch_steps(trainer, self.batch_size_at(epoch)), f"epoch {epoch}")
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Size the next epoch's data now: Lightning builds its train loader before its epoch-start hooks."""
@@ -201,18 +211,17 @@ class ProgressiveResize(Callback):
     def _batch_sizes_change(self) -> bool:
         return len({self.batch_size_at(e) for e in self.epochs}) > 1
 
-    def _check_room(self, trainer: L.Trainer) -> None:
-        epoch, steps = trainer.current_epoch, epoch_steps(trainer, self.batch_size_at(trainer.current_epoch))
+    def _check_room(self, trainer: L.Trainer, steps: int, what: str) -> None:
+        """Refuse a step scheduler with fewer than ``steps`` steps left for ``what`` (the fit, or an epoch)."""
         for config in trainer.lr_scheduler_configs:
             total, done = getattr(config.scheduler, "total_steps", None), config.scheduler.last_epoch
             if config.interval == "step" and total is not None and done + steps > total:
                 raise RuntimeError(
-                    f"ProgressiveResize: epoch {epoch} takes {steps} optimizer steps at batch size "
-                    f"{trainer.datamodule.batch_size}, but the {type(config.scheduler).__name__} has {total - done} of "
-                    f"its {total} left: it was sized for batch sizes that do not change (trainer.estimated_stepping_"
-                    "batches counts every epoch at the first stage's). Add imagenette_sota.callbacks.OneCycles, "
-                    "which times a one-cycle to the stages, or size the scheduler with "
-                    "ProgressiveResize.total_steps(trainer)."
+                    f"ProgressiveResize: {what} takes {steps} optimizer steps with the stages' batch sizes, but the "
+                    f"{type(config.scheduler).__name__} has {total - done} of its {total} left: it was sized for "
+                    "batch sizes that do not change (trainer.estimated_stepping_batches counts every epoch at the "
+                    "first stage's). Add imagenette_sota.callbacks.OneCycles, which times a one-cycle to the "
+                    "stages, or size the scheduler with ProgressiveResize.total_steps(trainer)."
                 )
 
 

@@ -47,6 +47,7 @@ from torchvision.transforms.v2.functional import five_crop
 from imagenette_sota import seeds
 
 Mode = Literal["augment", "flip", "five_crop"]
+Generators = torch.Generator | Sequence[torch.Generator] | None  # one for the batch, or one per sample
 
 
 @dataclass(frozen=True)
@@ -118,12 +119,20 @@ class TTAPredictor(L.LightningModule):
             return self.data.tta_dataloader(self.settings.n, self.settings.seed)
         return self.data.predict_dataloader()
 
-    def views(self, x: Tensor, generator: torch.Generator | None = None) -> Iterator[Tensor]:
-        """The extra views of a raw batch (B, 3, P, P), or (B, 1 + n, 3, P, P) with a crop per view, normalized."""
+    def views(self, x: Tensor, generator: Generators = None) -> Iterator[Tensor]:
+        """The extra views of a raw batch (B, 3, P, P), or (B, 1 + n, 3, P, P) with a crop per view, normalized.
+
+        ``generator``: one for the batch, or one per sample (its draws then do not depend on the rest of the batch).
+        """
         settings = self.settings
         if settings.mode == "augment":
             for view in range(settings.n):
-                yield self.data.train_transform(x[:, 1 + view] if x.ndim == 5 else x, generator)
+                raw = x[:, 1 + view] if x.ndim == 5 else x
+                if isinstance(generator, Sequence):
+                    transform = self.data.train_transform
+                    yield torch.cat([transform(one[None], g) for one, g in zip(raw, generator, strict=True)])
+                else:
+                    yield self.data.train_transform(raw, generator)
         elif settings.mode == "flip":
             yield self.data.val_transform(x.flip(-1))
         else:
@@ -133,11 +142,15 @@ class TTAPredictor(L.LightningModule):
     def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
         """{"probs": TTA probabilities, "plain": centre-view probabilities, "targets": labels}."""
         x, y = batch
+        generator = seeds.generator(seeds.derive(self.settings.seed, seeds.AUGMENT, self.global_rank, batch_idx))
+        return self.predict(x, generator) | {"targets": y}
+
+    def predict(self, x: Tensor, generator: Generators = None) -> dict[str, Tensor]:
+        """{"probs": TTA probabilities, "plain": centre-view probabilities} of a raw batch (see ``views``)."""
         plain = self.model(self.data.val_transform(x[:, 0] if x.ndim == 5 else x)).softmax(1)
         settings = self.settings
-        generator = seeds.generator(seeds.derive(settings.seed, seeds.AUGMENT, self.global_rank, batch_idx))
         views = [self.model(v).softmax(1) for v in self.views(x, generator)]
-        return {"probs": combine(plain, views, settings.beta, settings.use_max), "plain": plain, "targets": y}
+        return {"probs": combine(plain, views, settings.beta, settings.use_max), "plain": plain}
 
 
 def gather_in_order(strategy: Strategy, size: int, indices: Tensor, values: Tensor) -> Tensor:

@@ -6,6 +6,7 @@ import csv
 import itertools
 import logging
 import warnings
+import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -176,6 +177,20 @@ def draw_seed() -> int:
 def crop_position(seed: int | None) -> tuple[float, float]:
     """Where a square crop sits along each axis, in [0, 1]: drawn from ``seed``, or the centre for ``None``."""
     return (0.5, 0.5) if seed is None else tuple(torch.rand(2, generator=seeds.generator(seed)).tolist())
+
+
+def content_key(image: Tensor) -> int:
+    """A key from a uint8 image's pixels (CRC-32): seeds an image's TTA draws, whatever batch it arrives in."""
+    return zlib.crc32(image.contiguous().numpy().tobytes())
+
+
+def keyed_crops(img: Image.Image, size: int, n: int, seed: int) -> Tensor:
+    """uint8 (1 + n, 3, size, size): the centre crop, then ``n`` crops at positions drawn from (``seed``, the centre
+    crop's ``content_key``, view) - ``CropViews`` for an image that has no dataset index (a user's photo)."""
+    centre = pil_to_tensor(presize(img, size, (0.5, 0.5)))
+    key = content_key(centre)
+    positions = [crop_position(seeds.derive(seed, seeds.TTA_CROP, key, view)) for view in range(n)]
+    return torch.stack([centre, *(pil_to_tensor(presize(img, size, at)) for at in positions)])
 
 
 class CropViews(Dataset):
