@@ -152,3 +152,21 @@ def test_normalize_and_resize() -> None:
     torch.testing.assert_close(norm.inverse(out), x)  # pictures: back to [0, 1]
     assert Normalization("none")(x) is x
     assert aug.resize(x, 20) is x and aug.resize(x, (10, 12)).shape == (4, 3, 10, 12)
+
+
+def test_one_generator_per_sample_draws_each_sample_as_if_alone(real_batch: torch.Tensor) -> None:
+    """Per-sample generators (TTA of a user's photos): a sample's augmentation does not depend on its batch."""
+    a = aug.Augment(max_lighting=0.2, p_lighting=1.0)
+    x = real_batch[:4]
+
+    def gens(order: list[int]) -> list[torch.Generator]:
+        return [torch.Generator().manual_seed(100 + i) for i in order]
+
+    together = a(x, 24, gens([0, 1, 2, 3]))
+    alone = torch.cat([a(x[i : i + 1], 24, gens([i])[0]) for i in range(4)])
+    torch.testing.assert_close(together, alone, atol=1e-5, rtol=0)
+    reordered = a(x[[3, 1, 0, 2]], 24, gens([3, 1, 0, 2]))
+    torch.testing.assert_close(reordered, together[[3, 1, 0, 2]], atol=1e-5, rtol=0)
+    assert not torch.allclose(together[0], a(x[:1], 24, gens([1])[0])[0], atol=1e-3)  # the seed, not the slot
+    with pytest.raises(ValueError, match="3 generators for a batch of 4"):
+        a(x, 24, gens([0, 1, 2]))

@@ -45,9 +45,9 @@ from torch import Tensor, nn
 from torchvision.transforms.v2.functional import five_crop
 
 from imagenette_sota import seeds
+from imagenette_sota.data.augment import Generators
 
 Mode = Literal["augment", "flip", "five_crop"]
-Generators = torch.Generator | Sequence[torch.Generator] | None  # one for the batch, or one per sample
 
 
 @dataclass(frozen=True)
@@ -127,12 +127,7 @@ class TTAPredictor(L.LightningModule):
         settings = self.settings
         if settings.mode == "augment":
             for view in range(settings.n):
-                raw = x[:, 1 + view] if x.ndim == 5 else x
-                if isinstance(generator, Sequence):
-                    transform = self.data.train_transform
-                    yield torch.cat([transform(one[None], g) for one, g in zip(raw, generator, strict=True)])
-                else:
-                    yield self.data.train_transform(raw, generator)
+                yield self.data.train_transform(x[:, 1 + view] if x.ndim == 5 else x, generator)
         elif settings.mode == "flip":
             yield self.data.val_transform(x.flip(-1))
         else:

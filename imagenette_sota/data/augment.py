@@ -8,11 +8,14 @@ maps an output pixel's homogeneous coordinates to the input position it samples.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+Generators = torch.Generator | Sequence[torch.Generator] | None  # one for the batch, or one per sample
 
 
 def to_float(x: Tensor) -> Tensor:
@@ -248,15 +251,32 @@ class Augment:
         contrast = torch.where(on_c, log_c.exp(), 1.0)
         return brightness, contrast
 
-    def __call__(self, x: Tensor, size: int | tuple[int, int], generator: torch.Generator | None = None) -> Tensor:
+    def _lighting(
+        self, n: int, device: torch.device | str, generator: torch.Generator | None
+    ) -> tuple[Tensor, Tensor] | None:
+        """``lighting_params``, or None when lighting is off (nothing drawn)."""
+        return self.lighting_params(n, device, generator) if self.max_lighting > 0 and self.p_lighting > 0 else None
+
+    def __call__(self, x: Tensor, size: int | tuple[int, int], generator: Generators = None) -> Tensor:
         """Augment a (B, C, H, W) uint8 or float batch to float (B, C, *size) in [0, 1].
 
         Parameters are drawn where ``generator`` lives (``x``'s device without one). A host generator keeps an
-        accelerator's queue free of host syncs, and draws the same augmentation on every device.
+        accelerator's queue free of host syncs, and draws the same augmentation on every device. A sequence of
+        generators, one per sample, draws each sample's parameters from its own (still one resample for the batch).
         """
-        n, where = x.shape[0], generator.device if generator is not None else x.device
-        out = resample(to_float(x), self.matrices(n, where, generator), size, self.padding_mode)
-        if self.max_lighting > 0 and self.p_lighting > 0:
-            brightness, contrast = self.lighting_params(n, where, generator)
+        n = x.shape[0]
+        if isinstance(generator, Sequence):
+            if len(generator) != n:
+                raise ValueError(f"{len(generator)} generators for a batch of {n}: give one per sample")
+            per_sample = [(self.matrices(1, g.device, g), self._lighting(1, g.device, g)) for g in generator]
+            matrices = torch.cat([m for m, _ in per_sample])
+            lit = [q for _, q in per_sample]
+            params = None if lit[0] is None else (torch.cat([b for b, _ in lit]), torch.cat([c for _, c in lit]))
+        else:
+            where = generator.device if generator is not None else x.device
+            matrices, params = self.matrices(n, where, generator), self._lighting(n, where, generator)
+        out = resample(to_float(x), matrices, size, self.padding_mode)
+        if params is not None:
+            brightness, contrast = params
             out = lighting(out, brightness.to(x.device, non_blocking=True), contrast.to(x.device, non_blocking=True))
         return out

@@ -40,8 +40,9 @@ class BatchTransforms:
         rank = self.trainer.global_rank if self.trainer is not None else 0
         return seeds.generator(seeds.derive(seeds.run_seed(), seeds.AUGMENT, rank, step, draw))
 
-    def train_transform(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """uint8 presized batch -> augmented, normalized float batch at ``train_size`` (random: ``generator``)."""
+    def train_transform(self, x: Tensor, generator: aug.Generators = None) -> Tensor:
+        """uint8 presized batch -> augmented, normalized float batch at ``train_size`` (random: ``generator``, one
+        for the batch or one per sample)."""
         if self.augment:
             out = self.augment(x, self.train_size, generator)
         else:
