@@ -23,7 +23,6 @@ Last line: one JSON object (accuracies, wall times, ``time_ratio_vs_fastai``, ``
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from collections.abc import Callable
 
@@ -274,7 +273,9 @@ def main() -> None:
 
 def same_work(data_dir, args: argparse.Namespace) -> dict:
     """Ours again doing fastai's work: decoding every epoch (no cache) with fastai's worker count, in NCHW."""
-    workers = args.fastai_workers if args.fastai_workers is not None else min(16, len(os.sched_getaffinity(0)))
+    from fastai.torch_core import defaults  # fastai's own default worker count, not a copy of its rule
+
+    workers = args.fastai_workers if args.fastai_workers is not None else defaults.cpus
     like = argparse.Namespace(**vars(args) | {"cache": False, "workers": workers, "nchw": True})
     reset_peak_rss()
     run, _, _ = ours(data_dir, like)

@@ -161,7 +161,8 @@ def main() -> None:
         # Also defined when a side misses --target: our first reading at fastai's final accuracy / fastai's wall time.
         if (readings := figures.get(f"{name}_readings")) and "fastai_acc" in figures:
             reached = first_reaching(readings["s"], readings["acc"], figures["fastai_acc"])
-            figures[f"{prefix}time_ratio_at_fastai_final_acc"] = reached and reached / figures["fastai_s"]
+            ratio = None if reached is None else reached / figures["fastai_s"]
+            figures[f"{prefix}time_ratio_at_fastai_final_acc"] = ratio
     report(rounded(figures))
 
 
