@@ -10,12 +10,14 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from imagenette_sota import seeds
 from imagenette_sota.checks import check_numbers
+from imagenette_sota.hardware import BF16_FLAGS, cpu_bf16
 from imagenette_sota.mixup import cutmix, mixed_loss, mixup
 from imagenette_sota.models import xresnet50
 from imagenette_sota.optim import WEIGHT_DECAY, OptimizerCallable, adam
@@ -163,6 +165,15 @@ class ImagenetteClassifier(L.LightningModule):
             return None
         parts = (seeds.run_seed(), seeds.MIX, trainer.global_rank, trainer.current_epoch, batch_idx)
         return seeds.generator(seeds.derive(*parts), device)
+
+    def on_fit_start(self) -> None:
+        """Warn when bf16 would run emulated: on a CPU without bf16 units it is several times slower than fp32."""
+        if self.device.type == "cpu" and "bf16" in str(self.trainer.precision) and cpu_bf16() is False:
+            rank_zero_warn(
+                f"precision {self.trainer.precision!r} on a CPU without bf16 units ({' or '.join(BF16_FLAGS)} in "
+                "/proc/cpuinfo): bf16 is emulated and several times slower than fp32 here. Pass "
+                "--trainer.precision 32-true (or precision='32-true' to the Trainer)."
+            )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Record the backbone's import path beside the weights: inference rebuilds the network from it."""
