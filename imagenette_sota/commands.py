@@ -11,7 +11,6 @@ import csv
 import glob
 import importlib
 import json
-import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -22,11 +21,12 @@ from tqdm import tqdm
 from imagenette_sota.atomic import replacing
 from imagenette_sota.callbacks.tta import Mode
 from imagenette_sota.data.normalization import Mode as NormalizeMode
-from imagenette_sota.predict import Prediction, Predictor
+from imagenette_sota.predict import Precision, Prediction, Predictor
 from imagenette_sota.trained import LEGACY_OPTIONS, CheckpointError
 
 TTA_MODES = get_args(Mode)
 PROGRESS_FROM = 200  # files: fewer finish before a progress bar would tell anything
+PRECISION_HELP = "bf16: the network under bf16 autocast (GPUs, CPUs with bf16 units; probabilities to ~1e-2)"
 
 
 def _parser(name: str, description: str) -> argparse.ArgumentParser:
@@ -135,8 +135,11 @@ def classify(argv: list[str]) -> int:
     p.add_argument("--top_k", type=int, default=5)
     p.add_argument("--tta", choices=TTA_MODES, help="test-time augmentation (default: none)")
     p.add_argument("--batch_size", type=int, default=64)
-    p.add_argument("--num_workers", type=int, help="decoding processes (default: one per core for many files)")
+    p.add_argument(
+        "--num_workers", type=int, help="decoding processes (default: none on the CPU; on a GPU one per core up to 8)"
+    )
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: CUDA if available)")
+    p.add_argument("--precision", choices=get_args(Precision), default="32", help=PRECISION_HELP)
     p.add_argument("--output", type=Path, help="F.csv or F.jsonl (default: a table on stdout)")
     args = p.parse_args(argv)
     if args.output is not None and args.output.suffix not in (".csv", ".jsonl"):
@@ -144,7 +147,9 @@ def classify(argv: list[str]) -> int:
     if args.top_k < 1 or args.batch_size < 1:
         p.error("--top_k and --batch_size must be >= 1")
     try:
-        predictor = Predictor.from_checkpoint(args.ckpt, args.device, args.tta, **_options(args))
+        predictor = Predictor.from_checkpoint(
+            args.ckpt, args.device, args.tta, precision=args.precision, **_options(args)
+        )
     except CheckpointError as e:
         return _fail(str(e))
     files, unmatched = expand(args.paths)
@@ -157,10 +162,7 @@ def classify(argv: list[str]) -> int:
             counts["failed" if isinstance(result, str) else "classified"] += 1
             yield path, result
 
-    workers = args.num_workers
-    if workers is None:  # starting worker processes pays off from a few batches on
-        workers = min(os.cpu_count() or 1, 8) if len(files) > 4 * args.batch_size else 0
-    results = predictor.classify_files(files, args.top_k, args.batch_size, workers)
+    results = predictor.classify_files(files, args.top_k, args.batch_size, args.num_workers)
     bar = tqdm(results, total=len(files), unit="img", disable=len(files) < PROGRESS_FROM or None, file=sys.stderr)
     _write(_rows(counted(bar), args.top_k), args.output, args.top_k)
     where = f"; written to {args.output}" if args.output else ""
@@ -190,6 +192,7 @@ def serve(argv: list[str]) -> int:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--top_k", type=int, default=5)
     p.add_argument("--tta", choices=TTA_MODES)
+    p.add_argument("--precision", choices=get_args(Precision), default="32", help=PRECISION_HELP)
     # None: ClassifierAPI's own defaults (typed there once)
     p.add_argument("--max_batch_size", type=int, help="requests classified together (default: ClassifierAPI's)")
     p.add_argument("--batch_timeout", type=float, help="seconds to wait to fill a batch (default: ClassifierAPI's)")
@@ -205,6 +208,7 @@ def serve(argv: list[str]) -> int:
             args.port,
             top_k=args.top_k,
             tta=args.tta,
+            precision=args.precision,
             **{k: v for k in ("max_batch_size", "batch_timeout") if (v := getattr(args, k)) is not None},
             **_options(args),
         )

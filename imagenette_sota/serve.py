@@ -76,7 +76,7 @@ class ClassifierAPI(ls.LitAPI):
         **options: Any,
     ) -> None:
         """Args: the checkpoint, answers per image, TTA mode, LitServe's batching (images, seconds to wait), and
-        ``options`` for old checkpoints (as ``Predictor.from_checkpoint``)."""
+        ``options`` of ``Predictor.from_checkpoint`` (``precision``; those for old checkpoints)."""
         super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout, api_path=PATH)
         self.checkpoint, self.top_k, self.tta, self.options = str(checkpoint), top_k, tta, options
         self.pool: ThreadPoolExecutor | None = None

@@ -76,3 +76,20 @@ def test_bad_checkpoint_is_named_exit_2(folder: Path, tmp_path: Path, capsys) ->
     for ckpt, reason in ((folder / "notes.txt", "not a checkpoint"), (tmp_path / "missing.ckpt", "does not exist")):
         code, out, err = run(["classify", str(ckpt), str(folder)], capsys)
         assert code == 2 and f"{ckpt} " in err and reason in err and out == ""
+
+
+def test_classify_precision_bf16_gives_the_bf16_predictors_answers(
+    tiny_ckpt: Path, folder: Path, tmp_path: Path, capsys
+) -> None:
+    out = tmp_path / "answers.jsonl"
+    photos = sorted(folder.glob("*/*.JPEG"))
+    code, _, _ = run(
+        ["classify", str(tiny_ckpt), *map(str, photos), "--precision", "bf16", "--output", str(out)], capsys
+    )
+    assert code == 0
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    bf16 = Predictor.from_checkpoint(tiny_ckpt, device="cpu", precision="bf16")
+    written = [record["top_k"][0]["probability"] for record in records]
+    assert written == pytest.approx([answer.top[0].probability for answer in bf16(photos)], abs=1e-6)
+    fp32 = Predictor.from_checkpoint(tiny_ckpt, device="cpu")
+    assert written != pytest.approx([answer.top[0].probability for answer in fp32(photos)], abs=1e-6)

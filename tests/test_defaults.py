@@ -77,6 +77,13 @@ def test_default_workers_leave_the_cpu_to_training() -> None:
     assert defaults.loader_workers(3, cached=True, device=torch.device("cpu")) == 3  # an explicit count stays
 
 
+def test_prediction_decodes_inline_on_the_cpu_and_in_processes_for_an_accelerator() -> None:
+    assert defaults.predict_workers(10_000, 64, accelerated=False, cores=16) == 0  # the network has every core
+    assert defaults.predict_workers(10_000, 64, accelerated=True, cores=16) == 8
+    assert defaults.predict_workers(10_000, 64, accelerated=True, cores=2) == 2
+    assert defaults.predict_workers(4 * 64, 64, accelerated=True, cores=16) == 0  # too few batches to start them
+
+
 def test_loaders_use_the_default_workers(data: Path) -> None:
     cached = ImagenetteDataModule(root=data, presize=48, train_size=32, batch_size=8)
     plain = ImagenetteDataModule(root=data, presize=48, train_size=32, batch_size=8, cache=False)

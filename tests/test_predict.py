@@ -198,3 +198,13 @@ def test_not_a_checkpoint_is_named(tmp_path: Path) -> None:
         with pytest.raises(CheckpointError, match=reason) as e:
             load(tmp_path / path)
         assert path in str(e.value)
+
+
+def test_bf16_runs_the_network_in_bf16_and_stays_close_to_fp32(tiny_ckpt: Path, photos: list[Path]) -> None:
+    fp32 = torch.stack([p.probs for p in Predictor.from_checkpoint(tiny_ckpt, device="cpu")(photos)])
+    bf16 = torch.stack([p.probs for p in Predictor.from_checkpoint(tiny_ckpt, "cpu", precision="bf16")(photos)])
+    assert bf16.dtype == torch.float32 and torch.allclose(bf16.sum(1), torch.ones(len(photos)), atol=1e-5)
+    assert not torch.equal(bf16, fp32)  # autocast did run the convolutions in bf16
+    assert (bf16 - fp32).abs().max() < 2e-2  # bf16 keeps ~3 significant digits
+    with pytest.raises(ValueError, match=r"precision='fp16'.*'32', 'bf16'"):
+        Predictor.from_checkpoint(tiny_ckpt, "cpu", precision="fp16")

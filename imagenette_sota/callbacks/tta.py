@@ -142,9 +142,9 @@ class TTAPredictor(L.LightningModule):
 
     def predict(self, x: Tensor, generator: Generators = None) -> dict[str, Tensor]:
         """{"probs": TTA probabilities, "plain": centre-view probabilities} of a raw batch (see ``views``)."""
-        plain = self.model(self.data.val_transform(x[:, 0] if x.ndim == 5 else x)).softmax(1)
+        plain = self.model(self.data.val_transform(x[:, 0] if x.ndim == 5 else x)).float().softmax(1)
         settings = self.settings
-        views = [self.model(v).softmax(1) for v in self.views(x, generator)]
+        views = [self.model(v).float().softmax(1) for v in self.views(x, generator)]
         return {"probs": combine(plain, views, settings.beta, settings.use_max), "plain": plain}
 
 
