@@ -23,8 +23,12 @@ with fastai 2.8's objects, its numbers read from our parsed config:
   second stage and ``fine_tune``.
 
 Per epoch, each side prints validation accuracy and the mean training loss (fastai's: the raw batch losses
-averaged, not its smoothed ``train_loss``). Last line JSON: per config and side the figures, and
-``max_acc_gap_vs_fastai`` (points: the largest |ours - fastai| over the configs and epochs checked) and ``configs``.
+averaged, not its smoothed ``train_loss``). ``--seeds`` runs each side once per training seed (the data subset stays
+the same): at this scale the first epochs of one seed differ by several points from seed to seed, so a per-epoch gap
+is only meaningful beside that spread. Last line JSON: per config and side each seed's figures and their per-epoch
+mean and standard deviation; per config ``acc_gap`` (points, mean ours - mean fastai per epoch) and, with two or more
+seeds, ``acc_gap_se`` (its standard error); ``max_acc_gap_vs_fastai`` (the largest |acc_gap| over the configs and
+epochs checked) and ``configs``.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import argparse
 import contextlib
 import random
 import re
+import statistics
 import tempfile
 import time
 from functools import partial
@@ -135,10 +140,11 @@ def ours(
     data: Path,
     epochs: int | None,
     scale: float,
+    seed: int,
     stop: int | None = None,
 ) -> dict:
-    """Fit the recipe (``configs``: its --config arguments) with this suite at the reduced scale; per-epoch
-    accuracy and training loss."""
+    """Fit the recipe (``configs``: its --config arguments) with this suite at the reduced scale, seeded with
+    ``seed``; per-epoch accuracy and training loss."""
     from imagenette_sota.cli import ImagenetteCLI, ImagenetteTrainer
     from imagenette_sota.data import ImagenetteDataModule
     from imagenette_sota.module import ImagenetteClassifier
@@ -150,13 +156,12 @@ def ours(
         f"--data.val_size={side(d['val_size'], scale) if d.get('val_size') else 'null'}",
     ]
     cli_args = list(configs)
-    cli_args += [*QUIET, f"--data.root={data}", "--data.cache=true", *sizes]
+    cli_args += [*QUIET, f"--data.root={data}", "--data.cache=true", f"--seed_everything={seed}", *sizes]
     cli_args += [f"--trainer.max_epochs={epochs}"] if epochs else []
     run = ImagenetteCLI(
         ImagenetteClassifier,
         ImagenetteDataModule,
         trainer_class=ImagenetteTrainer,
-        seed_everything_default=seeds.DEFAULT,
         args=cli_args,
         save_config_callback=None,
         run=False,
@@ -168,8 +173,8 @@ def ours(
     return {"acc": log.acc, "loss": log.loss, "steps": run.trainer.global_step, "s": time.perf_counter() - start}
 
 
-def fastai_side(name: str, config: dict[str, Any], data: Path, epochs: int | None, scale: float) -> dict:
-    """fastai's version of the recipe (see the module doc) on the same data, scale and number of steps."""
+def fastai_side(name: str, config: dict[str, Any], data: Path, epochs: int | None, scale: float, seed: int) -> dict:
+    """fastai's version of the recipe (see the module doc) on the same data, scale and number of steps, seeded."""
     from fastai.callback.core import Callback
     from fastai.vision.all import (
         Adam,
@@ -246,7 +251,7 @@ def fastai_side(name: str, config: dict[str, Any], data: Path, epochs: int | Non
     loss = LabelSmoothingCrossEntropyFlat(eps=smoothing) if smoothing else CrossEntropyLossFlat()
     cbs = [EpochValues()] + ([MixUp(m["mixup_alpha"])] if m["mixup_alpha"] else [])
 
-    set_seed(seeds.DEFAULT)
+    set_seed(seed)
     stages = _stages(config)
     first_size, first_bs = stages[0] if stages else (side(d["train_size"], scale), d["batch_size"])
     net = xresnet50(n_out=10, act_cls=act, sa=bool(init.get("sa", False)))
@@ -285,6 +290,26 @@ def _stages(config: dict[str, Any]) -> list[tuple[int, int]]:
     return [(s["size"], s["batch_size"]) for _, s in sorted(schedule.items()) if s.get("size")]
 
 
+def summary(runs: list[dict]) -> dict[str, list[float]]:
+    """Per epoch, the mean and (two or more runs) the sample standard deviation of ``acc`` and ``loss`` over runs."""
+    out: dict[str, list[float]] = {}
+    for key in ("acc", "loss"):
+        columns = list(zip(*(r[key] for r in runs), strict=True))
+        out[f"{key}_mean"] = [statistics.fmean(c) for c in columns]
+        if len(runs) > 1:
+            out[f"{key}_sd"] = [statistics.stdev(c) for c in columns]
+    return out
+
+
+def gap(ours: dict, fastai: dict, n_ours: int, n_fastai: int) -> dict[str, list[float]]:
+    """Per epoch, points: mean ours - mean fastai, and with two or more runs each side its standard error."""
+    out = {"acc_gap": [round(100 * (a - b), 2) for a, b in zip(ours["acc_mean"], fastai["acc_mean"], strict=True)]}
+    if "acc_sd" in ours and "acc_sd" in fastai:
+        sds = zip(ours["acc_sd"], fastai["acc_sd"], strict=True)
+        out["acc_gap_se"] = [round(100 * (a * a / n_ours + b * b / n_fastai) ** 0.5, 2) for a, b in sds]
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--configs", nargs="+", default=["leaderboard_128_5", "baseline", "progressive"])
@@ -292,6 +317,7 @@ def main() -> None:
     p.add_argument("--scale", type=float, default=0.25, help="factor on every image side (0.25: 128 px -> 32 px)")
     p.add_argument("--epochs", type=int, help="override the recipes' epochs (default: theirs)")
     p.add_argument("--stop-after", type=int, help="ours only: stop after this many epochs of the recipe's schedule")
+    p.add_argument("--seeds", type=int, nargs="+", default=[seeds.DEFAULT], help="training seeds, one run each")
     p.add_argument("--train-per-class", type=int, default=100)
     p.add_argument("--val-per-class", type=int, default=50)
     p.add_argument("--mini", action="store_true", help="the 300-image mini archive (a smoke run)")
@@ -309,23 +335,31 @@ def main() -> None:
             for label, skip in (("ours", args.skip_ours), ("fastai", args.skip_fastai)):
                 if skip:
                     continue
-                if label == "ours":
-                    result[label] = ours(configs, config, data, epochs, args.scale, args.stop_after)
-                else:
-                    result[label] = fastai_side(name, config, data, epochs, args.scale)
-                for e, (acc, loss) in enumerate(zip(result[label]["acc"], result[label]["loss"], strict=False)):
-                    print(f"{name} {label:6s} epoch {e}: val acc {acc:.4f}  train loss {loss:.4f}", flush=True)
-                print(f"{name} {label}: {result[label]['steps']} steps in {result[label]['s']:.0f} s", flush=True)
+                runs = []
+                for seed in args.seeds:
+                    if label == "ours":
+                        run = ours(configs, config, data, epochs, args.scale, seed, args.stop_after)
+                    else:
+                        run = fastai_side(name, config, data, epochs, args.scale, seed)
+                    for e, (acc, loss) in enumerate(zip(run["acc"], run["loss"], strict=False)):
+                        print(f"{name} {label:6s} seed {seed} epoch {e}: val acc {acc:.4f}  train loss {loss:.4f}")
+                    print(f"{name} {label} seed {seed}: {run['steps']} steps in {run['s']:.0f} s", flush=True)
+                    runs.append(run | {"seed": seed})
+                result[label] = {"runs": runs, **summary(runs)}
             if "ours" in result and "fastai" in result:
-                pairs = zip(result["ours"]["acc"], result["fastai"]["acc"], strict=True)
-                result["acc_gap"] = [round(100 * (a - b), 2) for a, b in pairs]
+                n = len(args.seeds)
+                result |= gap(result["ours"], result["fastai"], n, n)
                 gaps += [abs(g) for g in result["acc_gap"]]
+                se = result.get("acc_gap_se", [None] * len(result["acc_gap"]))
+                for e, (g, s) in enumerate(zip(result["acc_gap"], se, strict=True)):
+                    print(f"{name} epoch {e}: ours - fastai {g:+.1f} points" + (f" (se {s:.1f})" if s else ""))
             results[name] = result
     scale = {"scale": args.scale, "train_per_class": args.train_per_class, "val_per_class": args.val_per_class}
     report(
         {
             **scale,
             "epochs": args.epochs,
+            "seeds": args.seeds,
             "results": results,
             "max_acc_gap_vs_fastai": max(gaps) if gaps else None,
             "configs": args.configs,

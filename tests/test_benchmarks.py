@@ -25,3 +25,16 @@ def test_gpu_smoke_runs_every_section_without_errors(mini_archive: Path, tmp_pat
     assert set(SECTIONS) - {"env"} <= set(figures) and figures["env"]["device"] == "cpu"
     assert figures["throughput"]["32"]["model_only"]["ips"] > 0 and figures["fastai"]["fastai"].startswith("2.8")
     assert [row["epoch"] for row in figures["time_to_90"]["history"]] == [0, 1]
+
+
+def test_recipe_check_gap_is_the_difference_of_seed_means_with_its_standard_error() -> None:
+    from benchmarks.recipe_check import gap, summary
+
+    ours = summary([{"acc": [0.1, 0.5], "loss": [2.0, 1.0]}, {"acc": [0.3, 0.5], "loss": [2.2, 1.2]}])
+    fastai = summary([{"acc": [0.2, 0.4], "loss": [2.0, 1.0]}, {"acc": [0.2, 0.6], "loss": [2.0, 1.0]}])
+    assert ours["acc_mean"] == [0.2, 0.5] and ours["loss_mean"] == [2.1, 1.1]
+    # sd of {0.1, 0.3} is 0.1 * sqrt(2); of {0.2, 0.2} is 0: se = 100 * sqrt(0.02 / 2) = 10 points
+    assert [round(g, 6) for g in gap(ours, fastai, 2, 2)["acc_gap"]] == [0.0, 0.0]
+    assert gap(ours, fastai, 2, 2)["acc_gap_se"] == [10.0, 10.0]
+    single = summary([{"acc": [0.3], "loss": [1.0]}])
+    assert "acc_sd" not in single and gap(single, summary([{"acc": [0.25], "loss": [1.0]}]), 1, 1) == {"acc_gap": [5.0]}
