@@ -6,9 +6,9 @@ import warnings
 from functools import partial
 from pathlib import Path
 
-import lightning as L
 import pytest
 
+from benchmarks.common import quiet_trainer
 from imagenette_sota import module as module_file
 from imagenette_sota.data import ImagenetteDataModule
 from imagenette_sota.hardware import cpu_bf16
@@ -34,16 +34,7 @@ def test_a_bf16_fit_on_a_cpu_without_bf16_units_warns_with_the_fix(
     monkeypatch.setattr(module_file, "cpu_bf16", lambda: has_units)
     dm = ImagenetteDataModule(root=mini_dir, presize=40, train_size=32, batch_size=8, num_workers=0)
     model = ImagenetteClassifier(backbone=partial(XResNet, layers=(1, 1, 1, 1), widen=0.25))
-    trainer = L.Trainer(
-        accelerator="cpu",
-        precision="bf16-mixed",
-        max_steps=1,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = quiet_trainer(accelerator="cpu", precision="bf16-mixed", max_steps=1, limit_val_batches=0)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         trainer.fit(model, dm)
