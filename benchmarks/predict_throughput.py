@@ -67,6 +67,11 @@ def fastai(ckpt: Path, data_dir: Path, files: list[Path], size: int, presize: in
     return len(files) / seconds, probs
 
 
+def top1_agreement(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Share of rows whose most probable class is the same in ``a`` and ``b``."""
+    return (a.argmax(1) == b.argmax(1)).float().mean().item()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--settings", nargs="+", default=["64:128", "128:160"], help="validation size:presize, px")
@@ -106,8 +111,7 @@ def main() -> None:
                     best[label] = max(best.get(label, 0.0), ips)
             row = {f"{label}_images_per_s": ips for label, ips in best.items()}
             if "ours_bf16" in best:
-                agree = probs["ours_bf16"].argmax(1) == probs["ours"].argmax(1)
-                row["bf16_top1_agreement_with_fp32"] = agree.float().mean().item()
+                row["bf16_top1_agreement_with_fp32"] = top1_agreement(probs["ours_bf16"], probs["ours"])
             if not args.skip_fastai:
                 fastai_best = max(best["fastai_default"], best["fastai_0_workers"])
                 if "ours_bf16" in best:
@@ -116,10 +120,7 @@ def main() -> None:
                     "ratio_vs_fastai": best["ours"] / fastai_best,
                     "same_work_ratio": best["ours_fastai_workers"] / best["fastai_default"],
                     # Same weights, each library's own preprocessing (resampling differs slightly): top-1 agreement.
-                    "top1_agreement": (probs["ours"].argmax(1) == probs["fastai_default"].argmax(1))
-                    .float()
-                    .mean()
-                    .item(),
+                    "top1_agreement": top1_agreement(probs["ours"], probs["fastai_default"]),
                 }
                 for key, values in ratios.items():
                     values.append(row[key])

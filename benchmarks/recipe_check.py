@@ -290,9 +290,10 @@ def _stages(config: dict[str, Any]) -> list[tuple[int, int]]:
     return [(s["size"], s["batch_size"]) for _, s in sorted(schedule.items()) if s.get("size")]
 
 
-def summary(runs: list[dict]) -> dict[str, list[float]]:
-    """Per epoch, the mean and (two or more runs) the sample standard deviation of ``acc`` and ``loss`` over runs."""
-    out: dict[str, list[float]] = {}
+def summary(runs: list[dict]) -> dict[str, Any]:
+    """``n`` (the runs) and per epoch the mean and (two or more runs) the sample standard deviation of ``acc`` and
+    ``loss``."""
+    out: dict[str, Any] = {"n": len(runs)}
     for key in ("acc", "loss"):
         columns = list(zip(*(r[key] for r in runs), strict=True))
         out[f"{key}_mean"] = [statistics.fmean(c) for c in columns]
@@ -301,12 +302,13 @@ def summary(runs: list[dict]) -> dict[str, list[float]]:
     return out
 
 
-def gap(ours: dict, fastai: dict, n_ours: int, n_fastai: int) -> dict[str, list[float]]:
-    """Per epoch, points: mean ours - mean fastai, and with two or more runs each side its standard error."""
+def gap(ours: dict, fastai: dict) -> dict[str, list[float]]:
+    """Per epoch, points: mean ours - mean fastai (two ``summary``s), and with two or more runs a side its standard
+    error."""
     out = {"acc_gap": [round(100 * (a - b), 2) for a, b in zip(ours["acc_mean"], fastai["acc_mean"], strict=True)]}
     if "acc_sd" in ours and "acc_sd" in fastai:
         sds = zip(ours["acc_sd"], fastai["acc_sd"], strict=True)
-        out["acc_gap_se"] = [round(100 * (a * a / n_ours + b * b / n_fastai) ** 0.5, 2) for a, b in sds]
+        out["acc_gap_se"] = [round(100 * (a * a / ours["n"] + b * b / fastai["n"]) ** 0.5, 2) for a, b in sds]
     return out
 
 
@@ -347,8 +349,7 @@ def main() -> None:
                     runs.append(run | {"seed": seed})
                 result[label] = {"runs": runs, **summary(runs)}
             if "ours" in result and "fastai" in result:
-                n = len(args.seeds)
-                result |= gap(result["ours"], result["fastai"], n, n)
+                result |= gap(result["ours"], result["fastai"])
                 gaps += [abs(g) for g in result["acc_gap"]]
                 se = result.get("acc_gap_se", [None] * len(result["acc_gap"]))
                 for e, (g, s) in enumerate(zip(result["acc_gap"], se, strict=True)):

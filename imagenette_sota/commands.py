@@ -26,7 +26,7 @@ from imagenette_sota.trained import LEGACY_OPTIONS, CheckpointError
 
 TTA_MODES = get_args(Mode)
 PROGRESS_FROM = 200  # files: fewer finish before a progress bar would tell anything
-PRECISION_HELP = "bf16: the network under bf16 autocast (GPUs, CPUs with bf16 units; probabilities to ~1e-2)"
+PRECISION_HELP = "bf16: the network under bf16 autocast (GPUs, CPUs with bf16 units; ~1e-2 off fp32's probabilities)"
 
 
 def _parser(name: str, description: str) -> argparse.ArgumentParser:
@@ -45,8 +45,10 @@ def _parser(name: str, description: str) -> argparse.ArgumentParser:
 
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:
-    """``backbone`` (imported: the user named it) and the legacy options that were given."""
-    options: dict[str, Any] = {k: getattr(args, k) for k in LEGACY_OPTIONS if getattr(args, k) is not None}
+    """``Predictor.from_checkpoint``'s options that were given: ``precision``, ``backbone`` (imported: the user named
+    it) and the legacy options (None: the defaults, typed there once)."""
+    given = [k for k in (*LEGACY_OPTIONS, "precision") if getattr(args, k, None) is not None]
+    options: dict[str, Any] = {k: getattr(args, k) for k in given}
     if args.backbone:
         module, _, name = args.backbone.rpartition(".")
         try:
@@ -139,7 +141,7 @@ def classify(argv: list[str]) -> int:
         "--num_workers", type=int, help="decoding processes (default: none on the CPU; on a GPU one per core up to 8)"
     )
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: CUDA if available)")
-    p.add_argument("--precision", choices=get_args(Precision), default="32", help=PRECISION_HELP)
+    p.add_argument("--precision", choices=get_args(Precision), help=PRECISION_HELP)
     p.add_argument("--output", type=Path, help="F.csv or F.jsonl (default: a table on stdout)")
     args = p.parse_args(argv)
     if args.output is not None and args.output.suffix not in (".csv", ".jsonl"):
@@ -147,9 +149,7 @@ def classify(argv: list[str]) -> int:
     if args.top_k < 1 or args.batch_size < 1:
         p.error("--top_k and --batch_size must be >= 1")
     try:
-        predictor = Predictor.from_checkpoint(
-            args.ckpt, args.device, args.tta, precision=args.precision, **_options(args)
-        )
+        predictor = Predictor.from_checkpoint(args.ckpt, args.device, args.tta, **_options(args))
     except CheckpointError as e:
         return _fail(str(e))
     files, unmatched = expand(args.paths)
@@ -192,7 +192,7 @@ def serve(argv: list[str]) -> int:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--top_k", type=int, default=5)
     p.add_argument("--tta", choices=TTA_MODES)
-    p.add_argument("--precision", choices=get_args(Precision), default="32", help=PRECISION_HELP)
+    p.add_argument("--precision", choices=get_args(Precision), help=PRECISION_HELP)
     # None: ClassifierAPI's own defaults (typed there once)
     p.add_argument("--max_batch_size", type=int, help="requests classified together (default: ClassifierAPI's)")
     p.add_argument("--batch_timeout", type=float, help="seconds to wait to fill a batch (default: ClassifierAPI's)")
@@ -208,7 +208,6 @@ def serve(argv: list[str]) -> int:
             args.port,
             top_k=args.top_k,
             tta=args.tta,
-            precision=args.precision,
             **{k: v for k in ("max_batch_size", "batch_timeout") if (v := getattr(args, k)) is not None},
             **_options(args),
         )

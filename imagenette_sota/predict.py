@@ -212,7 +212,7 @@ class Predictor:
         x = x.to(self.device, non_blocking=True)
         with torch.autocast(self.device.type, torch.bfloat16, enabled=self.precision == "bf16"):
             probs = self.model(x) if self.tta is None else self.tta.predict(x, generators)["probs"]
-        return probs.float().cpu()
+        return probs.cpu()  # fp32 either way: both softmax in fp32
 
     def top(self, probs: Tensor, top_k: int = 5) -> list[Prediction]:
         """Per row of ``probs`` its ``top_k`` (class id, name, probability) and the row itself."""

@@ -32,9 +32,9 @@ def test_recipe_check_gap_is_the_difference_of_seed_means_with_its_standard_erro
 
     ours = summary([{"acc": [0.1, 0.5], "loss": [2.0, 1.0]}, {"acc": [0.3, 0.5], "loss": [2.2, 1.2]}])
     fastai = summary([{"acc": [0.2, 0.4], "loss": [2.0, 1.0]}, {"acc": [0.2, 0.6], "loss": [2.0, 1.0]}])
-    assert ours["acc_mean"] == [0.2, 0.5] and ours["loss_mean"] == [2.1, 1.1]
+    assert ours["n"] == 2 and ours["acc_mean"] == [0.2, 0.5] and ours["loss_mean"] == [2.1, 1.1]
     # sd of {0.1, 0.3} is 0.1 * sqrt(2); of {0.2, 0.2} is 0: se = 100 * sqrt(0.02 / 2) = 10 points
-    assert [round(g, 6) for g in gap(ours, fastai, 2, 2)["acc_gap"]] == [0.0, 0.0]
-    assert gap(ours, fastai, 2, 2)["acc_gap_se"] == [10.0, 10.0]
+    assert [round(g, 6) for g in gap(ours, fastai)["acc_gap"]] == [0.0, 0.0]
+    assert gap(ours, fastai)["acc_gap_se"] == [10.0, 10.0]
     single = summary([{"acc": [0.3], "loss": [1.0]}])
-    assert "acc_sd" not in single and gap(single, summary([{"acc": [0.25], "loss": [1.0]}]), 1, 1) == {"acc_gap": [5.0]}
+    assert "acc_sd" not in single and gap(single, summary([{"acc": [0.25], "loss": [1.0]}])) == {"acc_gap": [5.0]}
