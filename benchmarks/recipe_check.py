@@ -2,6 +2,7 @@
 
     python -m benchmarks.recipe_check --configs leaderboard_128_5 baseline progressive
     python -m benchmarks.recipe_check --configs leaderboard_128_5 --skip-fastai --overlay my_change.yaml
+    python -m benchmarks.recipe_check --configs progressive --skip-ours --fastai-prefilter ours
 
 Reduced scale (the full recipes take hours per epoch on two CPU cores): a seeded subset of imagenette2-160
 (``--train-per-class`` and ``--val-per-class`` images of each class, official split, linked into
@@ -22,13 +23,20 @@ with fastai 2.8's objects, its numbers read from our parsed config:
 - progressive: the same at the first stage's size and batch, ``fit_one_cycle``, then the dataloaders of the
   second stage and ``fine_tune``.
 
+The two book pipelines differ most in one step: a batch resample that shrinks 2x or more. fastai area-resizes to
+twice the output and samples that 2x, which aliases; ours area-averages by the integer factor that leaves under 2x.
+It matters where the presize is well over twice the training size: the progressive recipe's first stage (460 to 128
+px, here 112 to 32 px). ``--fastai-prefilter ours`` gives fastai's resampling ours' filter (``area_prefilter``), to
+measure what that difference is worth.
+
 Per epoch, each side prints validation accuracy and the mean training loss (fastai's: the raw batch losses
 averaged, not its smoothed ``train_loss``). ``--seeds`` runs each side once per training seed (the data subset stays
 the same): at this scale the first epochs of one seed differ by several points from seed to seed, so a per-epoch gap
 is only meaningful beside that spread. Last line JSON: per config and side each seed's figures and their per-epoch
 mean and standard deviation; per config ``acc_gap`` (points, mean ours - mean fastai per epoch) and, with two or more
-seeds, ``acc_gap_se`` (its standard error); ``max_acc_gap_vs_fastai`` (the largest |acc_gap| over the configs and
-epochs checked) and ``configs``.
+seeds, ``acc_gap_se`` (its standard error) and ``beyond_bar`` (the epochs whose |acc_gap| exceeds 2 points by more
+than 2 standard errors: the gaps seed noise does not explain); ``max_acc_gap_vs_fastai`` (the largest |acc_gap| over
+the configs and epochs checked), ``beyond_bar`` per config, and ``configs``.
 """
 
 from __future__ import annotations
@@ -40,18 +48,22 @@ import re
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 import yaml
 
 from benchmarks.common import DATA_ROOT, QUIET_FIT, REPO, imagenette160, report
 from imagenette_sota import seeds
+from imagenette_sota.data import augment as aug
 
 CONFIGS = REPO / "configs"
+BAR, Z = 2.0, 2.0  # the issue's bar (points) and how many standard errors past it make a gap real
 QUIET = [
     *QUIET_FIT,
     "--trainer.accelerator=cpu",
@@ -173,8 +185,52 @@ def ours(
     return {"acc": log.acc, "loss": log.loss, "steps": run.trainer.global_step, "s": time.perf_counter() - start}
 
 
-def fastai_side(name: str, config: dict[str, Any], data: Path, epochs: int | None, scale: float, seed: int) -> dict:
-    """fastai's version of the recipe (see the module doc) on the same data, scale and number of steps, seeded."""
+@contextlib.contextmanager
+def area_prefilter() -> Iterator[None]:
+    """fastai's batch resampling with this suite's prefilter, while inside.
+
+    fastai's ``_grid_sample`` area-resizes a big shrink to twice the output, then samples it 2x with bilinear
+    (``align_corners=True``): aliased. Ours area-averages by the integer factor that leaves the shrink in [1, 2)
+    (``augment.prepool_factors``), here from the batch's sampled span as fastai measures it. A diagnostic: it swaps
+    the one step where the two pipelines' pixels differ most, to see what the difference is worth.
+    """
+    import fastai.vision.augment as fa
+
+    original = fa._grid_sample
+
+    def grid_sample(x, coords, mode="bilinear", padding_mode="reflection", align_corners=None):
+        if mode == "bilinear":
+            x = aug.area_average(x, int(_shrink(x, coords, align_corners)))
+        return F.grid_sample(x, coords, mode=mode, padding_mode=padding_mode, align_corners=align_corners)
+
+    fa._grid_sample = grid_sample
+    try:
+        yield
+    finally:
+        fa._grid_sample = original
+
+
+def _shrink(x: torch.Tensor, coords: torch.Tensor, align_corners: bool | None) -> float:
+    """Input pixels per output pixel of a grid_sample, the smaller axis's, from the batch's sampled span (as fastai
+    estimates its zoom: min and max over the batch)."""
+    steps = []
+    for axis, (n_in, n_out) in enumerate(((x.shape[-1], coords.shape[-2]), (x.shape[-2], coords.shape[-3]))):
+        span = (coords[..., axis].max() - coords[..., axis].min()).item()  # between the outer output pixels' centres
+        steps.append(span * ((n_in - 1) / 2 if align_corners else n_in / 2) / max(n_out - 1, 1))
+    return min(steps)
+
+
+def fastai_side(
+    name: str,
+    config: dict[str, Any],
+    data: Path,
+    epochs: int | None,
+    scale: float,
+    seed: int,
+    prefilter: str = "fastai",
+) -> dict:
+    """fastai's version of the recipe (see the module doc) on the same data, scale and number of steps, seeded;
+    ``prefilter="ours"`` runs it inside ``area_prefilter``."""
     from fastai.callback.core import Callback
     from fastai.vision.all import (
         Adam,
@@ -258,7 +314,8 @@ def fastai_side(name: str, config: dict[str, Any], data: Path, epochs: int | Non
     learn = Learner(dls(first_size, first_bs), net, loss_func=loss, opt_func=opt_func, metrics=accuracy, cbs=cbs)
     start = time.perf_counter()
     c, wd = m["cycle"], m["weight_decay"]
-    with learn.no_bar(), learn.no_logging():
+    filtered = area_prefilter() if prefilter == "ours" else contextlib.nullcontext()
+    with learn.no_bar(), learn.no_logging(), filtered:
         if c["moms"] is None and c["div"] == 1.0:
             learn.fit_flat_cos(epochs, c["lr_max"], div_final=c["div_final"], pct_start=c["pct_start"], wd=wd)
         elif config.get("cycles", {}).get("fine_tune"):  # the book's progressive resizing
@@ -312,6 +369,13 @@ def gap(ours: dict, fastai: dict) -> dict[str, list[float]]:
     return out
 
 
+def beyond_bar(result: dict[str, list[float]], bar: float = BAR, z: float = Z) -> list[int]:
+    """Epochs whose gap exceeds ``bar`` points by more than ``z`` standard errors (with one run a side: by any
+    amount), the gaps that seed noise does not explain."""
+    se = result.get("acc_gap_se", [0.0] * len(result["acc_gap"]))
+    return [e for e, (g, s) in enumerate(zip(result["acc_gap"], se, strict=True)) if abs(g) - bar > z * s]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--configs", nargs="+", default=["leaderboard_128_5", "baseline", "progressive"])
@@ -323,6 +387,12 @@ def main() -> None:
     p.add_argument("--train-per-class", type=int, default=100)
     p.add_argument("--val-per-class", type=int, default=50)
     p.add_argument("--mini", action="store_true", help="the 300-image mini archive (a smoke run)")
+    p.add_argument(
+        "--fastai-prefilter",
+        choices=["fastai", "ours"],
+        default="fastai",
+        help="ours: fastai's resampling with this suite's area prefilter (a diagnostic, area_prefilter)",
+    )
     p.add_argument("--skip-fastai", action="store_true")
     p.add_argument("--skip-ours", action="store_true")
     args = p.parse_args()
@@ -342,7 +412,7 @@ def main() -> None:
                     if label == "ours":
                         run = ours(configs, config, data, epochs, args.scale, seed, args.stop_after)
                     else:
-                        run = fastai_side(name, config, data, epochs, args.scale, seed)
+                        run = fastai_side(name, config, data, epochs, args.scale, seed, args.fastai_prefilter)
                     for e, (acc, loss) in enumerate(zip(run["acc"], run["loss"], strict=False)):
                         print(f"{name} {label:6s} seed {seed} epoch {e}: val acc {acc:.4f}  train loss {loss:.4f}")
                     print(f"{name} {label} seed {seed}: {run['steps']} steps in {run['s']:.0f} s", flush=True)
@@ -350,10 +420,12 @@ def main() -> None:
                 result[label] = {"runs": runs, **summary(runs)}
             if "ours" in result and "fastai" in result:
                 result |= gap(result["ours"], result["fastai"])
+                result["beyond_bar"] = beyond_bar(result)
                 gaps += [abs(g) for g in result["acc_gap"]]
                 se = result.get("acc_gap_se", [None] * len(result["acc_gap"]))
                 for e, (g, s) in enumerate(zip(result["acc_gap"], se, strict=True)):
                     print(f"{name} epoch {e}: ours - fastai {g:+.1f} points" + (f" (se {s:.1f})" if s else ""))
+                print(f"{name}: epochs beyond {BAR} points by more than {Z} se: {result['beyond_bar']}")
             results[name] = result
     scale = {"scale": args.scale, "train_per_class": args.train_per_class, "val_per_class": args.val_per_class}
     report(
@@ -361,8 +433,11 @@ def main() -> None:
             **scale,
             "epochs": args.epochs,
             "seeds": args.seeds,
+            "fastai_prefilter": args.fastai_prefilter,
             "results": results,
             "max_acc_gap_vs_fastai": max(gaps) if gaps else None,
+            "bar_points": BAR,
+            "beyond_bar": {name: r["beyond_bar"] for name, r in results.items() if "beyond_bar" in r},
             "configs": args.configs,
         }
     )

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 from benchmarks.common import REPO
 
 # Every section but `compiled`: inductor compiling xresnet18 takes ~90 s on these cores (tests/test_xresnet.py
@@ -38,3 +40,29 @@ def test_recipe_check_gap_is_the_difference_of_seed_means_with_its_standard_erro
     assert gap(ours, fastai)["acc_gap_se"] == [10.0, 10.0]
     single = summary([{"acc": [0.3], "loss": [1.0]}])
     assert "acc_sd" not in single and gap(single, summary([{"acc": [0.25], "loss": [1.0]}])) == {"acc_gap": [5.0]}
+
+
+def test_recipe_check_flags_only_gaps_past_the_bar_by_more_than_two_standard_errors() -> None:
+    from benchmarks.recipe_check import beyond_bar
+
+    # |gap| - 2 against 2 se: 4.5 - 2 = 2.5 > 2 * 1.2 (flagged); 4.5 - 2 = 2.5 < 2 * 1.5; -6 - ... = 4 > 2 * 1.9
+    result = {"acc_gap": [4.5, 4.5, -6.0, 1.0, 2.5], "acc_gap_se": [1.2, 1.5, 1.9, 0.0, 0.0]}
+    assert beyond_bar(result) == [0, 2, 4]
+    assert beyond_bar({"acc_gap": [1.9, -2.1]}) == [1]  # one run a side: any gap past the bar
+
+
+def test_area_prefilter_gives_fastai_resampling_our_filter_and_restores_its_own() -> None:
+    from fastai.vision.all import TensorImage
+
+    from benchmarks.recipe_check import area_prefilter
+    from imagenette_sota.data import augment as aug
+
+    x = torch.rand(2, 3, 96, 96, generator=torch.Generator().manual_seed(0))
+    ours = aug.resize(x, 32)  # a 3x shrink: 3x3 area averages
+
+    def fastai_resize() -> torch.Tensor:
+        return TensorImage(x.clone()).affine_coord(sz=32, align_corners=False).as_subclass(torch.Tensor)
+
+    with area_prefilter():
+        assert torch.allclose(fastai_resize(), ours, atol=1e-6)
+    assert (fastai_resize() - ours).abs().max() > 0.05  # fastai's own: area to 64 px, then a 2x bilinear sample
