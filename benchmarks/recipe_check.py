@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import random
 import re
 import statistics
@@ -154,9 +155,10 @@ def ours(
     scale: float,
     seed: int,
     stop: int | None = None,
+    crop: str = "sample",
 ) -> dict:
     """Fit the recipe (``configs``: its --config arguments) with this suite at the reduced scale, seeded with
-    ``seed``; per-epoch accuracy and training loss."""
+    ``seed``; per-epoch accuracy and training loss. ``crop="batch"`` fits inside ``shared_crop``."""
     from imagenette_sota.cli import ImagenetteCLI, ImagenetteTrainer
     from imagenette_sota.data import ImagenetteDataModule
     from imagenette_sota.module import ImagenetteClassifier
@@ -181,7 +183,8 @@ def ours(
     log = EpochLog(stop)
     run.trainer.callbacks.append(log)
     start = time.perf_counter()
-    run.trainer.fit(run.model, run.datamodule)
+    with shared_crop() if crop == "batch" else contextlib.nullcontext():
+        run.trainer.fit(run.model, run.datamodule)
     return {"acc": log.acc, "loss": log.loss, "steps": run.trainer.global_step, "s": time.perf_counter() - start}
 
 
@@ -208,6 +211,24 @@ def area_prefilter() -> Iterator[None]:
         yield
     finally:
         fa._grid_sample = original
+
+
+@contextlib.contextmanager
+def shared_crop() -> Iterator[None]:
+    """Ours' augmentation with one random crop for the whole batch, as fastai's ``RandomResizedCropGPU`` draws it,
+    while inside; flip, rotation, zoom, warp and lighting stay per sample. A diagnostic, like ``area_prefilter``."""
+    original = aug.Augment.matrices
+
+    def matrices(self, n: int, device="cpu", generator=None) -> torch.Tensor:
+        rest = original(dataclasses.replace(self, min_scale=1.0, ratio=(1.0, 1.0)), n, device, generator)
+        crop = original(dataclasses.replace(self, flip_p=0.0, p_affine=0.0), 1, device, generator)  # the crop alone
+        return crop.expand(n, 3, 3) @ rest
+
+    aug.Augment.matrices = matrices
+    try:
+        yield
+    finally:
+        aug.Augment.matrices = original
 
 
 def _shrink(x: torch.Tensor, coords: torch.Tensor, align_corners: bool | None) -> float:
@@ -388,6 +409,12 @@ def main() -> None:
     p.add_argument("--val-per-class", type=int, default=50)
     p.add_argument("--mini", action="store_true", help="the 300-image mini archive (a smoke run)")
     p.add_argument(
+        "--ours-crop",
+        choices=["sample", "batch"],
+        default="sample",
+        help="batch: ours with one random crop per batch, as fastai draws it (a diagnostic, shared_crop)",
+    )
+    p.add_argument(
         "--fastai-prefilter",
         choices=["fastai", "ours"],
         default="fastai",
@@ -410,7 +437,7 @@ def main() -> None:
                 runs = []
                 for seed in args.seeds:
                     if label == "ours":
-                        run = ours(configs, config, data, epochs, args.scale, seed, args.stop_after)
+                        run = ours(configs, config, data, epochs, args.scale, seed, args.stop_after, args.ours_crop)
                     else:
                         run = fastai_side(name, config, data, epochs, args.scale, seed, args.fastai_prefilter)
                     for e, (acc, loss) in enumerate(zip(run["acc"], run["loss"], strict=False)):
@@ -433,6 +460,7 @@ def main() -> None:
             **scale,
             "epochs": args.epochs,
             "seeds": args.seeds,
+            "ours_crop": args.ours_crop,
             "fastai_prefilter": args.fastai_prefilter,
             "results": results,
             "max_acc_gap_vs_fastai": max(gaps) if gaps else None,

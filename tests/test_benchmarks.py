@@ -66,3 +66,17 @@ def test_area_prefilter_gives_fastai_resampling_our_filter_and_restores_its_own(
     with area_prefilter():
         assert torch.allclose(fastai_resize(), ours, atol=1e-6)
     assert (fastai_resize() - ours).abs().max() > 0.05  # fastai's own: area to 64 px, then a 2x bilinear sample
+
+
+def test_shared_crop_draws_one_crop_per_batch_and_restores_per_sample_crops() -> None:
+    from benchmarks.recipe_check import shared_crop
+    from imagenette_sota.data import augment as aug
+
+    crop_only = aug.Augment(min_scale=0.35, flip_p=0.0, p_affine=0.0, max_lighting=0.0)
+    with shared_crop():
+        m = crop_only.matrices(8, generator=torch.Generator().manual_seed(0))
+        assert torch.equal(m, m[:1].expand_as(m)) and not torch.equal(m[0], torch.eye(3))
+        flips = aug.Augment(min_scale=0.35, flip_p=0.5).matrices(8, generator=torch.Generator().manual_seed(0))
+        assert len({round(float(v), 6) for v in flips[:, 0, 0].abs()}) > 1  # rotation and zoom stay per sample
+    m = crop_only.matrices(8, generator=torch.Generator().manual_seed(0))
+    assert not torch.equal(m, m[:1].expand_as(m))
