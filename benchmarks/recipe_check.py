@@ -3,6 +3,7 @@
     python -m benchmarks.recipe_check --configs leaderboard_128_5 baseline progressive
     python -m benchmarks.recipe_check --configs leaderboard_128_5 --skip-fastai --overlay my_change.yaml
     python -m benchmarks.recipe_check --configs progressive --skip-ours --fastai-prefilter ours
+    python -m benchmarks.recipe_check --configs progressive --skip-fastai --ours-crop batch
 
 Reduced scale (the full recipes take hours per epoch on two CPU cores): a seeded subset of imagenette2-160
 (``--train-per-class`` and ``--val-per-class`` images of each class, official split, linked into
@@ -23,11 +24,14 @@ with fastai 2.8's objects, its numbers read from our parsed config:
 - progressive: the same at the first stage's size and batch, ``fit_one_cycle``, then the dataloaders of the
   second stage and ``fine_tune``.
 
-The two book pipelines differ most in one step: a batch resample that shrinks 2x or more. fastai area-resizes to
-twice the output and samples that 2x, which aliases; ours area-averages by the integer factor that leaves under 2x.
-It matters where the presize is well over twice the training size: the progressive recipe's first stage (460 to 128
-px, here 112 to 32 px). ``--fastai-prefilter ours`` gives fastai's resampling ours' filter (``area_prefilter``), to
-measure what that difference is worth.
+The two book pipelines differ by design in two steps, and each can be swapped to measure what it is worth:
+
+- a batch resample that shrinks 2x or more: fastai area-resizes to twice the output and samples that 2x, which
+  aliases; ours area-averages by the integer factor that leaves under 2x. It matters where the presize is well over
+  twice the training size (the progressive recipe's first stage: 460 to 128 px, here 112 to 32 px).
+  ``--fastai-prefilter ours`` gives fastai's resampling ours' filter (``area_prefilter``).
+- the random crop: fastai's ``RandomResizedCropGPU`` draws one for the whole batch, ours one per sample.
+  ``--ours-crop batch`` gives ours fastai's (``shared_crop``).
 
 Per epoch, each side prints validation accuracy and the mean training loss (fastai's: the raw batch losses
 averaged, not its smoothed ``train_loss``). ``--seeds`` runs each side once per training seed (the data subset stays

@@ -185,7 +185,9 @@ class Augment:
     """fastai ``aug_transforms(min_scale=...)`` with per-sample parameters, resampled once.
 
     Defaults are fastai's: flip p 0.5; rotation, zoom and perspective warp each with p 0.75; brightness and
-    contrast with p 0.75; reflection padding; bilinear; plus a random resized crop with square aspect.
+    contrast with p 0.75; reflection padding; bilinear; plus a random resized crop with square aspect. Unlike
+    fastai, the crop is drawn per sample (``RandomResizedCropGPU``: one per batch) and a big shrink is not aliased
+    (``resample``); benchmarks/recipe_check.py measures both.
     """
 
     min_scale: float = 0.75  # smallest crop area, as a fraction of the image area
