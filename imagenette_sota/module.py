@@ -17,6 +17,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from imagenette_sota import seeds
 from imagenette_sota.checks import check_numbers
+from imagenette_sota.distributed import destroy_process_group_at_exit
 from imagenette_sota.hardware import BF16_FLAGS, cpu_bf16
 from imagenette_sota.mixup import cutmix, mixed_loss, mixup
 from imagenette_sota.models import xresnet50
@@ -165,6 +166,10 @@ class ImagenetteClassifier(L.LightningModule):
             return None
         parts = (seeds.run_seed(), seeds.MIX, trainer.global_rank, trainer.current_epoch, batch_idx)
         return seeds.generator(seeds.derive(*parts), device)
+
+    def setup(self, stage: str) -> None:
+        """Under DDP, have this process's group destroyed at exit (``distributed.destroy_process_group_at_exit``)."""
+        destroy_process_group_at_exit()
 
     def on_fit_start(self) -> None:
         """Warn when bf16 would run emulated: on a CPU without bf16 units it is several times slower than fp32."""

@@ -227,3 +227,20 @@ def test_a_failing_rank_ends_the_whole_run(odd_dir: Path, tmp_path: Path) -> Non
         pytest.fail(f"the run hung after rank 1 failed:\n{run.communicate()[0]}")
     assert run.returncode != 0
     assert "RuntimeError: rank 1 fails on purpose at step 1" in out
+
+
+def test_a_process_group_is_destroyed_at_exit_whatever_its_backend(tmp_path: Path) -> None:
+    # Lightning leaves a gloo group to interpreter finalization, where its threads can abort the process (SIGABRT).
+    # A handler registered before ours runs after it (atexit is last in, first out) and sees the group gone.
+    script = f"""
+import atexit
+import torch.distributed as dist
+from imagenette_sota.distributed import destroy_process_group_at_exit
+dist.init_process_group("gloo", init_method="file://{tmp_path / "store"}", rank=0, world_size=1)
+atexit.register(lambda: print("initialized at exit:", dist.is_initialized()))
+destroy_process_group_at_exit()
+destroy_process_group_at_exit()  # once per process
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "initialized at exit: False"

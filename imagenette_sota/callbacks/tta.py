@@ -46,6 +46,7 @@ from torchvision.transforms.v2.functional import five_crop
 
 from imagenette_sota import seeds
 from imagenette_sota.data.augment import Generators
+from imagenette_sota.distributed import destroy_process_group_at_exit
 
 Mode = Literal["augment", "flip", "five_crop"]
 
@@ -105,6 +106,7 @@ class TTAPredictor(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         """Set up the data module in this process (each DDP rank is its own process)."""
+        destroy_process_group_at_exit()
         self.data.setup(stage)
 
     @property
