@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of the x86 bf16 dot-product units
+# /proc/cpuinfo's bf16 dot-product units: x86 AVX512-BF16 and AMX-BF16 ("flags"), Arm BF16 ("Features")
+BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
 
 
 def cpu_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool | None:
-    """Whether the CPU has bf16 units (AVX512-BF16 or AMX-BF16); None where ``cpuinfo`` cannot be read."""
+    """Whether the CPU has bf16 units; None where ``cpuinfo`` cannot be read or lists no feature flags."""
     try:
         text = cpuinfo.read_text()
     except OSError:
         return None
-    flags = {flag for line in text.splitlines() if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
-    return any(flag in flags for flag in BF16_FLAGS)
+    lines = [line.split(":", 1) for line in text.splitlines() if line.startswith(("flags", "Features"))]
+    if not lines:
+        return None
+    return any(flag in BF16_FLAGS for _, flags in lines for flag in flags.split())

@@ -18,13 +18,23 @@ from imagenette_sota.module import ImagenetteClassifier
 ZEN4 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n\nprocessor\t: 1\nflags\t\t: fpu\n"
 SKYLAKE = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw avx512_vnni\n"
 SAPPHIRE_RAPIDS = "flags\t\t: avx512f amx_bf16 amx_tile amx_int8\n"
+GRAVITON3 = "processor\t: 0\nFeatures\t: fp asimd sve svebf16 i8mm bf16 dgh rng\nCPU implementer\t: 0x41\n"
+GRAVITON2 = "processor\t: 0\nFeatures\t: fp asimd evtstrm aes pmull asimddp ssbs\nCPU implementer\t: 0x41\n"
 
 
-@pytest.mark.parametrize(("cpuinfo", "expected"), [(ZEN4, True), (SKYLAKE, False), (SAPPHIRE_RAPIDS, True)])
+@pytest.mark.parametrize(
+    ("cpuinfo", "expected"),
+    [(ZEN4, True), (SKYLAKE, False), (SAPPHIRE_RAPIDS, True), (GRAVITON3, True), (GRAVITON2, False)],
+)
 def test_cpu_bf16_reads_the_bf16_unit_flags(cpuinfo: str, expected: bool, tmp_path: Path) -> None:
     (tmp_path / "cpuinfo").write_text(cpuinfo)
     assert cpu_bf16(tmp_path / "cpuinfo") is expected
-    assert cpu_bf16(tmp_path / "absent") is None  # not Linux: unknown, and nothing is claimed
+
+
+def test_cpu_bf16_claims_nothing_without_feature_flags(tmp_path: Path) -> None:
+    (tmp_path / "cpuinfo").write_text("processor\t: 0\nmodel name\t: some CPU\n")
+    assert cpu_bf16(tmp_path / "cpuinfo") is None  # an architecture that lists no flags: unknown, no warning
+    assert cpu_bf16(tmp_path / "absent") is None  # not Linux
 
 
 @pytest.mark.parametrize("has_units", [False, True])
