@@ -6,21 +6,16 @@ import atexit
 
 import torch.distributed as dist
 
-_registered = False
-
 
 def destroy_process_group_at_exit() -> None:
-    """Once per process, with a process group up: destroy it at interpreter exit, whatever its backend.
+    """With a process group up: destroy it at interpreter exit, whatever its backend.
 
     A gloo group left to interpreter finalization can abort its process ("terminate called without an active
     exception": its worker threads outlive the interpreter), which ``ddp_spawn`` reports as a failed rank after the
-    work is done. Lightning registers this for NCCL only.
+    work is done. Lightning registers this for NCCL only. Calling it again adds a handler that finds nothing to do.
     """
-    global _registered
-    if _registered or not (dist.is_available() and dist.is_initialized()):
-        return
-    atexit.register(_destroy)
-    _registered = True
+    if dist.is_available() and dist.is_initialized():
+        atexit.register(_destroy)
 
 
 def _destroy() -> None:

@@ -239,8 +239,8 @@ from imagenette_sota.distributed import destroy_process_group_at_exit
 dist.init_process_group("gloo", init_method="file://{tmp_path / "store"}", rank=0, world_size=1)
 atexit.register(lambda: print("initialized at exit:", dist.is_initialized()))
 destroy_process_group_at_exit()
-destroy_process_group_at_exit()  # once per process
+destroy_process_group_at_exit()  # a second call: its handler finds the group gone and does nothing
 """
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=REPO)
-    assert out.returncode == 0, out.stderr
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
     assert out.stdout.strip() == "initialized at exit: False"
