@@ -199,7 +199,7 @@ def area_prefilter() -> Iterator[None]:
     fastai's ``_grid_sample`` area-resizes a big shrink to twice the output, then samples it 2x with bilinear
     (``align_corners=True``): aliased. Ours area-averages by the integer factor that leaves the shrink in [1, 2)
     (``augment.prepool_factors``), here from the batch's sampled span as fastai measures it. A diagnostic: it swaps
-    the one step where the two pipelines' pixels differ most, to see what the difference is worth.
+    a step where the two pipelines' pixels differ by design, to see what the difference is worth.
     """
     import fastai.vision.augment as fa
 
