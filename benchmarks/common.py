@@ -10,10 +10,6 @@ import resource
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    import lightning as L
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("IMAGENETTE_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -22,7 +18,6 @@ FULL_ARCHIVE = SHARED_DATA / "imagenette2-160.tgz"
 FULL_MD5 = "a335af0f5540a0fcdaca27d122aebf4a"  # the repacked local copy (../shared/data/README.md)
 MINI_ARCHIVE = SHARED_DATA / "imagenette2-160-mini.tgz"  # 20 train + 10 val images per class
 MINI_MD5 = "ccd053d1de8a33be1698e43ec9141c1b"
-PHOTOS_ARCHIVE = SHARED_DATA / "imagenet-samples-fullsize.tgz"  # 10 full-size photos, imagenet-samples/<wnid>/
 
 
 def imagenette160(mini: bool = False) -> Path:
@@ -33,20 +28,6 @@ def imagenette160(mini: bool = False) -> Path:
     dm = ImagenetteDataModule(root=DATA_ROOT, url=str(archive), md5=md5, cache=False)  # extract only
     dm.prepare_data()
     return dm.data_dir
-
-
-def quiet_trainer(**settings: Any) -> L.Trainer:
-    """A Trainer that writes and prints nothing and runs no sanity check; ``settings`` add to or override that."""
-    import lightning as L  # imported late: gpu.sh installs it on a device machine only if missing
-
-    quiet = {
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "num_sanity_val_steps": 0,
-    }
-    return L.Trainer(**{**quiet, **settings})
 
 
 def images_per_second(batches: Iterable, consume: Callable[[object], int], warmup: int = 2) -> float:
@@ -79,16 +60,6 @@ def reset_peak_rss() -> None:
     """Start this process's peak resident memory afresh (Linux ``clear_refs``; elsewhere nothing changes)."""
     with contextlib.suppress(OSError):
         Path("/proc/self/clear_refs").write_text("5")
-
-
-# A CLI fit that measures the recipe and nothing else: no logger, checkpoints, bars, summary or sanity check.
-QUIET_FIT = [
-    "--trainer.logger=false",
-    "--trainer.enable_checkpointing=false",
-    "--trainer.enable_progress_bar=false",
-    "--trainer.enable_model_summary=false",
-    "--trainer.num_sanity_val_steps=0",
-]
 
 
 def machine() -> str:
@@ -138,9 +109,10 @@ def fastai_dataloaders(
 def tiny_checkpoint(
     data_dir: Path, path: Path, presize: int = 64, size: int = 32, steps: int = 4, batch_size: int = 32
 ) -> Path:
-    """A real checkpoint of a few training steps (xresnet18) on ``data_dir``, for inference tests and benchmarks."""
+    """A real checkpoint of a few training steps (xresnet18) on ``data_dir``, for the inference benchmarks."""
     import lightning as L
 
+    from imagenette_sota import quiet
     from imagenette_sota.data import ImagenetteDataModule
     from imagenette_sota.models import xresnet18
     from imagenette_sota.module import ImagenetteClassifier
@@ -148,15 +120,7 @@ def tiny_checkpoint(
     L.seed_everything(0, verbose=False)
     dm = ImagenetteDataModule(root=data_dir, presize=presize, train_size=size, batch_size=batch_size, num_workers=0)
     model = ImagenetteClassifier(backbone=xresnet18, num_classes=dm.num_classes)
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_steps=steps,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = quiet.trainer(accelerator="cpu", max_steps=steps, limit_val_batches=0)
     trainer.fit(model, dm)
     trainer.save_checkpoint(path)
     return path

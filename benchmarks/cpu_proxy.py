@@ -28,9 +28,9 @@ from collections.abc import Callable
 
 import lightning as L
 
-from benchmarks.common import fastai_dataloaders, imagenette160, peak_rss_gib, quiet_trainer, report, reset_peak_rss
+from benchmarks.common import fastai_dataloaders, imagenette160, peak_rss_gib, report, reset_peak_rss
 from benchmarks.floor import floor_seconds
-from imagenette_sota import models
+from imagenette_sota import models, quiet
 from imagenette_sota.callbacks import ProgressiveResize, Ramp, TTASettings, tta
 from imagenette_sota.data import ImagenetteDataModule
 from imagenette_sota.data.cache import CachedImages
@@ -98,7 +98,7 @@ def ours(data_dir, args: argparse.Namespace) -> tuple[dict, ImagenetteClassifier
     callbacks: list[L.Callback] = [clock]
     if args.ramp:
         callbacks.append(ProgressiveResize(ramp=ramp(args)))
-    trainer = quiet_trainer(
+    trainer = quiet.trainer(
         accelerator="cpu",
         max_epochs=args.epochs,
         limit_train_batches=args.limit_batches,
@@ -118,7 +118,7 @@ def ours(data_dir, args: argparse.Namespace) -> tuple[dict, ImagenetteClassifier
 
 def ours_tta(model: ImagenetteClassifier, dm: ImagenetteDataModule, args: argparse.Namespace) -> dict[str, float]:
     """On the trained weights: plain accuracy at a few validation sizes, then each TTA mode; all timed."""
-    trainer = quiet_trainer(accelerator="cpu")
+    trainer = quiet.trainer(accelerator="cpu")
     figures: dict[str, float] = {}
     for val_size in sorted({args.size, round(args.size * 1.125), round(args.size * 1.25), args.val_size or args.size}):
         dm.val_size = val_size

@@ -27,8 +27,9 @@ import gc
 import time
 from pathlib import Path
 
-from benchmarks.common import QUIET_FIT, REPO, imagenette160, peak_rss_gib, report, reset_peak_rss
+from benchmarks.common import REPO, imagenette160, peak_rss_gib, report, reset_peak_rss
 from benchmarks.cpu_proxy import EpochClock, fastai_run, rounded
+from imagenette_sota import quiet
 
 SPEEDRUN = REPO / "configs" / "cpu_speedrun.yaml"
 BASE = REPO / "configs" / "cpu_base.yaml"
@@ -56,7 +57,7 @@ def ours(configs: list[Path], data_dir: Path, args: argparse.Namespace, name: st
     """Fit the recipe of ``configs`` through the CLI; per-validation wall time and accuracy, ``final_tta`` last."""
     from imagenette_sota.cli import cli
 
-    overrides = ["--data.root", str(data_dir), "--seed_everything", "0", *QUIET_FIT]
+    overrides = ["--data.root", str(data_dir), "--seed_everything", "0", *quiet.CLI_ARGS]
     if args.epochs is not None:
         overrides += ["--trainer.max_epochs", str(args.epochs)]
     if args.limit_batches is not None:

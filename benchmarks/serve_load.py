@@ -13,105 +13,13 @@ whether every good request was answered 200; the last line is one JSON object.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
-import uuid
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 
 from benchmarks.common import imagenette160, report, tiny_checkpoint
-
-HOST = "127.0.0.1"
-
-
-def free_port() -> int:
-    """A TCP port of 127.0.0.1 that is free now."""
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def running_server(
-    ckpt: Path, args: Sequence[str] = (), log: Path | None = None, timeout: float = 300
-) -> Iterator[str]:
-    """``imagenette-sota serve ckpt`` on a free port of 127.0.0.1 until the block ends; yields its base URL."""
-    port = free_port()
-    out = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115 (closed below)
-    command = [sys.executable, "-m", "imagenette_sota", "serve", str(ckpt), "--host", HOST, "--port", str(port)]
-    server = subprocess.Popen([*command, *args], stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://{HOST}:{port}"
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if server.poll() is not None:
-                raise RuntimeError(f"the server exited with status {server.returncode} (log: {log})")
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=5) as r:
-                    if r.status == 200:
-                        break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the server did not answer /health within {timeout} s (log: {log})")
-            time.sleep(0.5)
-        yield url
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)  # its own process group: the server and its LitServe workers
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
-        if log:
-            out.close()
-
-
-def post_image(url: str, data: bytes, filename: str = "image.jpg", form: bool = True) -> tuple[int, dict, float]:
-    """POST ``data`` as multipart field ``image`` (or as a raw body): (status, JSON answer, seconds)."""
-    if form:
-        boundary = uuid.uuid4().hex
-        head = f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{filename}"\r\n'
-        body = (head + "Content-Type: application/octet-stream\r\n\r\n").encode() + data
-        body += f"\r\n--{boundary}--\r\n".encode()
-        content_type = f"multipart/form-data; boundary={boundary}"
-    else:
-        body, content_type = data, "image/jpeg"
-    request = urllib.request.Request(f"{url}/predict", data=body, headers={"Content-Type": content_type})
-    start = time.perf_counter()
-    try:
-        with urllib.request.urlopen(request, timeout=120) as r:
-            status, answer = r.status, r.read()
-    except urllib.error.HTTPError as e:
-        status, answer = e.code, e.read()
-    seconds = time.perf_counter() - start
-    try:
-        return status, json.loads(answer), seconds
-    except ValueError:
-        return status, {"raw": answer.decode("latin-1")}, seconds
-
-
-def send(url: str, uploads: Sequence[tuple[bytes, str, bool]], concurrency: int) -> list[tuple[int, dict, float]]:
-    """Every upload ``(data, filename, as form)`` from ``concurrency`` client threads; results in order."""
-    with ThreadPoolExecutor(concurrency) as pool:
-        return list(pool.map(lambda u: post_image(url, *u), uploads))
-
-
-def bad_uploads(jpeg: bytes, n: int) -> list[tuple[bytes, str, bool]]:
-    """``n`` bad uploads cycling through a truncated JPEG, text, an empty file and a raw (non-form) body."""
-    kinds = [(jpeg[: len(jpeg) // 3], "truncated.jpg", True), (b"not an image", "notes.txt", True)]
-    kinds += [(b"", "empty.png", True), (jpeg, "raw.jpg", False)]
-    return [kinds[i % len(kinds)] for i in range(n)]
+from imagenette_sota.serve_client import bad_uploads, post_image, running_server, send
 
 
 def percentile(values: Sequence[float], q: float) -> float:

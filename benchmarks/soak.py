@@ -25,7 +25,8 @@ import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from benchmarks.common import imagenette160, quiet_trainer, report
+from benchmarks.common import imagenette160, report
+from imagenette_sota import quiet
 from imagenette_sota.callbacks import Inspection, OneCycles, ProgressiveResize, Ramp, TrainScalars, tta
 from imagenette_sota.checkpoint_io import AtomicCheckpointIO
 from imagenette_sota.data import ImagenetteDataModule
@@ -118,7 +119,7 @@ def main() -> None:
     ramp = Ramp(args.min_size, args.max_size, start_epoch=end // 3, end_epoch=end, multiple=16, batch_size=args.bs)
     watch = Watch()
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = quiet_trainer(
+        trainer = quiet.trainer(
             accelerator="auto",
             devices=1,
             max_epochs=args.epochs,

@@ -15,8 +15,8 @@ import time
 import lightning as L
 import torch
 
-from benchmarks.common import fastai_dataloaders, imagenette160, quiet_trainer, report
-from imagenette_sota import models
+from benchmarks.common import fastai_dataloaders, imagenette160, report
+from imagenette_sota import models, quiet
 from imagenette_sota.data import ImagenetteDataModule
 from imagenette_sota.module import ImagenetteClassifier
 
@@ -44,7 +44,7 @@ def ours(data_dir, arch: str, size: int, args: argparse.Namespace) -> float:
     )
     model = ImagenetteClassifier(backbone=getattr(models, arch), num_classes=10)  # the default cycle: lr 3e-3
     clock = _Clock(args.warmup)
-    trainer = quiet_trainer(
+    trainer = quiet.trainer(
         accelerator="auto",
         max_epochs=1,
         limit_train_batches=args.warmup + args.batches,

@@ -6,18 +6,21 @@ import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 
-# The archives beside the repository (../shared/data; IMAGENETTE_SHARED_DATA overrides) and their checksums.
-from benchmarks.common import FULL_ARCHIVE, FULL_MD5, MINI_ARCHIVE, MINI_MD5, PHOTOS_ARCHIVE, SHARED_DATA  # noqa: F401
+from imagenette_sota import quiet
+from imagenette_sota.data import ImagenetteDataModule
+from imagenette_sota.models import xresnet18
+from imagenette_sota.module import ImagenetteClassifier
+
+from .helpers import MINI_ARCHIVE, PHOTOS_ARCHIVE
 
 
 @pytest.fixture(scope="session")
 def mini_archive() -> Path:
-    """Path of the 300-image archive (20 train + 10 val images per class)."""
-    if not MINI_ARCHIVE.is_file():
-        pytest.fail(f"{MINI_ARCHIVE} is missing: set IMAGENETTE_SHARED_DATA to the folder holding it")
+    """The 300-image archive (20 train + 10 val images per class); tests/helpers.py refuses to load without it."""
     return MINI_ARCHIVE
 
 
@@ -58,7 +61,11 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 @pytest.fixture(scope="session")
 def tiny_ckpt(mini_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real checkpoint of a few xresnet18 steps on the mini archive (presize 64, 32 px), shared by the session."""
-    from benchmarks.common import tiny_checkpoint
-
-    return tiny_checkpoint(mini_dir, tmp_path_factory.mktemp("tiny") / "tiny.ckpt", steps=6)
+    """A real checkpoint of 6 xresnet18 steps on the mini archive (presize 64, 32 px), shared by the session."""
+    L.seed_everything(0, verbose=False)
+    dm = ImagenetteDataModule(root=mini_dir, presize=64, train_size=32, batch_size=32, num_workers=0)
+    trainer = quiet.trainer(accelerator="cpu", max_steps=6, limit_val_batches=0)
+    trainer.fit(ImagenetteClassifier(backbone=xresnet18, num_classes=dm.num_classes), dm)
+    path = tmp_path_factory.mktemp("tiny") / "tiny.ckpt"
+    trainer.save_checkpoint(path)
+    return path

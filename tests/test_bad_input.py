@@ -45,7 +45,7 @@ from imagenette_sota.data.catalog import class_names
 from imagenette_sota.data.dataset import BadImageError, PresizedImages, collate_skipping, open_rgb
 from imagenette_sota.data.download import BadArchiveError, ChecksumError, UnsafeArchiveError, extract
 
-from .conftest import MINI_ARCHIVE
+from .helpers import MINI_ARCHIVE
 from .test_download_faults import serve
 
 WNIDS = list(class_names("imagenette2-160"))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import REPO
+from .helpers import REPO
 
 # Every section but `compiled`: inductor compiling xresnet18 takes ~90 s on these cores (tests/test_xresnet.py
 # compiles it with the eager backend; the section is the throughput section run with compile=True).

@@ -16,7 +16,7 @@ from imagenette_sota.data import ImagenetteDataModule
 from imagenette_sota.models import xresnet18
 from imagenette_sota.module import ImagenetteClassifier
 
-from .conftest import MINI_MD5
+from .helpers import MINI_MD5
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 QUICK = str(CONFIGS / "cpu_quick.yaml")

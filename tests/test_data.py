@@ -12,13 +12,14 @@ import lightning as L
 import pytest
 import torch
 
+from imagenette_sota import quiet
 from imagenette_sota.data import ImagenetteDataModule
 from imagenette_sota.data.catalog import RELEASES, class_names
 from imagenette_sota.data.normalization import IMAGENET_MEAN
 from imagenette_sota.models import XResNet
 from imagenette_sota.module import ImagenetteClassifier
 
-from .conftest import MINI_MD5
+from .helpers import MINI_MD5
 from .test_download_faults import serve
 
 WNIDS = list(class_names("imagenette2-160"))
@@ -181,16 +182,13 @@ def test_batch_statistics_are_fitted_before_the_sanity_check(downloaded: Imagene
     )
     probe = Probe()
     model = ImagenetteClassifier(backbone=partial(XResNet, layers=(1, 1, 1, 1), widen=0.25), num_classes=10)
-    trainer = L.Trainer(
+    trainer = quiet.trainer(
+        accelerator="cpu",
         max_epochs=1,
         limit_train_batches=1,
         limit_val_batches=1,
         num_sanity_val_steps=1,
         callbacks=[probe],
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_checkpointing=False,
     )
     trainer.fit(model, dm)
     fitted, mean = probe.sanity

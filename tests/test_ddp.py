@@ -26,6 +26,7 @@ import torch.nn.functional as F
 import yaml
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
+from imagenette_sota import quiet
 from imagenette_sota.callbacks import ProgressiveResize, Stage, TrainScalars, TTASettings, tta
 from imagenette_sota.checkpoint_io import AtomicCheckpointIO
 from imagenette_sota.data import ImagenetteDataModule
@@ -34,8 +35,7 @@ from imagenette_sota.module import ImagenetteClassifier
 from imagenette_sota.schedule import Cycle
 
 REPO = Path(__file__).resolve().parents[1]
-QUIET = {"accelerator": "cpu", "logger": False, "enable_progress_bar": False, "enable_model_summary": False}
-DDP = {**QUIET, "devices": 2, "strategy": "ddp_spawn"}
+DDP = {"accelerator": "cpu", "devices": 2, "strategy": "ddp_spawn"}
 TIMEOUT = 240  # s per DDP run: far above the ~15 s one takes on 2 cores, so only a hang reaches it
 tiny_xresnet = partial(XResNet, layers=(1, 1, 1, 1), widen=0.5)
 
@@ -127,9 +127,9 @@ def test_ddp_fit_validation_accuracy_is_exact(odd_dir: Path, tmp_path: Path) -> 
     model = ImagenetteClassifier(backbone=tiny_xresnet, num_classes=10, cycle=Cycle(1e-2))
     dm = imagenette(odd_dir)
     checkpoints, listing = tmp_path / "ckpt", tmp_path / "saves.txt"
-    trainer = L.Trainer(
+    trainer = quiet.trainer(
         max_epochs=1,
-        num_sanity_val_steps=0,
+        enable_checkpointing=True,  # the checkpoint writes are under test
         callbacks=[
             ProgressiveResize({0: Stage(32, 16)}),
             TrainScalars(),
@@ -157,11 +157,12 @@ def test_ddp_fit_validation_accuracy_is_exact(odd_dir: Path, tmp_path: Path) -> 
     assert metrics["train/image_size"].item() == 32 and metrics["train/batch_size"].item() == 16
     ddp_acc = metrics["val/acc"].item()
     assert ddp_acc * 99 == pytest.approx(round(ddp_acc * 99), abs=1e-4)  # counted over 99 images, not 100
-    one = L.Trainer(devices=1, **QUIET).validate(model, datamodule=dm, verbose=False)[0]
+    one = quiet.trainer(accelerator="cpu", devices=1).validate(model, datamodule=dm, verbose=False)[0]
     assert one["val/acc"] == pytest.approx(ddp_acc, abs=1e-6)
     # A 2-process validation (ddp_fork: no re-import per process) counts the same 99 images to the same metrics.
     with deadline(TIMEOUT):
-        two = L.Trainer(callbacks=[Count()], **{**DDP, "strategy": "ddp_fork"}).validate(model, dm, verbose=False)[0]
+        two_ranks = quiet.trainer(callbacks=[Count()], **{**DDP, "strategy": "ddp_fork"})
+        two = two_ranks.validate(model, dm, verbose=False)[0]
     assert two["seen/val"] == 99
     assert two["val/acc"] == pytest.approx(one["val/acc"], abs=1e-6)
     assert two["val/loss"] == pytest.approx(one["val/loss"], rel=1e-5)
@@ -170,16 +171,16 @@ def test_ddp_fit_validation_accuracy_is_exact(odd_dir: Path, tmp_path: Path) -> 
 def test_tta_under_ddp_predicts_each_image_once(odd_dir: Path) -> None:
     torch.manual_seed(0)
     model = tiny_xresnet(10).eval()
-    dm, one = imagenette(odd_dir), L.Trainer(devices=1, **QUIET)
+    dm, one = imagenette(odd_dir), quiet.trainer(accelerator="cpu", devices=1)
     centre = tta(one, model, dm, TTASettings(n=0))[0]
     # The centre view has no randomness: equal row by row, i.e. the same images in the same order. (ddp_fork is
     # ddp_spawn without re-importing Lightning in each process: 1 s instead of 25 here.)
     with deadline(TIMEOUT):
-        ddp_centre, targets = tta(L.Trainer(**{**DDP, "strategy": "ddp_fork"}), model, dm, TTASettings(n=0))
+        ddp_centre, targets = tta(quiet.trainer(**{**DDP, "strategy": "ddp_fork"}), model, dm, TTASettings(n=0))
     assert ddp_centre.shape == (99, 10) and torch.equal(targets, torch.tensor(dm.val_set.targets))
     torch.testing.assert_close(ddp_centre, centre)
     with deadline(TIMEOUT):
-        augmented = tta(L.Trainer(**DDP), model, dm, TTASettings(n=8))[0]
+        augmented = tta(quiet.trainer(**DDP), model, dm, TTASettings(n=8))[0]
     seed0, seed1 = (tta(one, model, dm, TTASettings(n=8, seed=s))[0] for s in (0, 1))
     # Other ranks draw other augmentations: DDP differs from one process about as much as another seed does,
     # and moves each prediction away from the centre view the same way (cosine about 0.8, like two seeds).
@@ -201,11 +202,10 @@ class FailAt(Callback):
 
 def test_a_failing_rank_ends_the_whole_run(odd_dir: Path, tmp_path: Path) -> None:
     trainer = {
-        **QUIET,
-        "devices": 2,
+        **quiet.SETTINGS,
+        **DDP,
         "strategy": "ddp",  # the CLI starts itself again for rank 1, as on a real machine
         "max_epochs": 1,
-        "num_sanity_val_steps": 0,
         "default_root_dir": str(tmp_path),  # where the CLI saves config.yaml without a logger
         "callbacks": [{"class_path": "tests.test_ddp.FailAt", "init_args": {"rank": 1, "step": 1}}],
     }

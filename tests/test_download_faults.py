@@ -29,7 +29,7 @@ import imagenette_sota.data.download as download_module
 from imagenette_sota.data import ImagenetteDataModule
 from imagenette_sota.data.download import StorageError
 
-from .conftest import MINI_ARCHIVE, MINI_MD5, SHARED_DATA
+from .helpers import MINI_ARCHIVE, MINI_MD5, SHARED_DATA
 
 MINI = MINI_ARCHIVE.name
 FOLDER = "imagenette2-160-mini"

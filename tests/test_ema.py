@@ -13,6 +13,7 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import Callback, EMAWeightAveraging
 
+from imagenette_sota import quiet
 from imagenette_sota.callbacks import OneCycles, ProgressiveResize, Stage, TTASettings, tta
 from imagenette_sota.cli import cli
 from imagenette_sota.data import ImagenetteDataModule
@@ -22,7 +23,6 @@ from imagenette_sota.schedule import Cycle
 
 DECAY = 0.9
 TINY = {"layers": [1, 1, 1, 1], "widen": 0.25}
-QUIET = {"accelerator": "cpu", "logger": False, "enable_progress_bar": False, "enable_model_summary": False}
 
 
 class Weights(Callback):
@@ -45,13 +45,11 @@ def test_ema_under_progressive_resizing_is_what_validation_tta_and_the_final_wei
     model = ImagenetteClassifier(backbone=partial(XResNet, **TINY), num_classes=10, cycle=Cycle(1e-2))
     weights = Weights()
     resize = ProgressiveResize({0: Stage(24, 32), 1: Stage(32, 16)})
-    trainer = L.Trainer(
+    trainer = quiet.trainer(
+        accelerator="cpu",
         max_epochs=2,
         limit_train_batches=3,
-        num_sanity_val_steps=0,
-        enable_checkpointing=False,
         callbacks=[weights, resize, OneCycles(), EMAWeightAveraging(decay=DECAY)],
-        **QUIET,
     )
     trainer.fit(model, dm)
     assert len(weights.steps) == 6 and dm.batch_size == 16  # both stages ran, loaders rebuilt
@@ -75,12 +73,9 @@ def test_cli_fit_with_ema_from_yaml_and_final_flip_tta(mini_dir: Path, tmp_path:
     torch.set_num_threads(1)
     config = {
         "trainer": {
+            **quiet.SETTINGS,
             "max_epochs": 1,
             "limit_train_batches": 2,
-            "num_sanity_val_steps": 0,
-            "logger": False,
-            "enable_checkpointing": False,
-            "enable_progress_bar": False,
             "default_root_dir": str(tmp_path),
             "callbacks": [
                 {"class_path": "lightning.pytorch.callbacks.EMAWeightAveraging", "init_args": {"decay": 0.99}}

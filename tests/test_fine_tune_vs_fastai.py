@@ -18,6 +18,7 @@ from fastai.losses import CrossEntropyLossFlat
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from imagenette_sota import quiet
 from imagenette_sota.callbacks import OneCycles
 from imagenette_sota.module import ImagenetteClassifier
 from imagenette_sota.schedule import Cycle, FineTune
@@ -78,13 +79,10 @@ def test_fit_one_cycle_then_fine_tune_equals_fastai() -> None:
     torch.manual_seed(0)
     model = ImagenetteClassifier(backbone=head, num_classes=3, cycle=Cycle(3e-3), channels_last=False)
     ours = Record()
-    trainer = L.Trainer(
+    trainer = quiet.trainer(
+        accelerator="cpu",
         max_epochs=4,
         callbacks=[OneCycles(fine_tune=FineTune(start_epoch=1, epochs=2, base_lr=1e-3)), ours],
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_checkpointing=False,
         limit_val_batches=0,
     )
     trainer.fit(model, train_dataloaders=DataLoader(images(), batch_size=BS, shuffle=True))

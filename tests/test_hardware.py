@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.common import quiet_trainer
 from imagenette_sota import module as module_file
+from imagenette_sota import quiet
 from imagenette_sota.data import ImagenetteDataModule
 from imagenette_sota.hardware import cpu_bf16
 from imagenette_sota.models import XResNet
@@ -44,7 +44,7 @@ def test_a_bf16_fit_on_a_cpu_without_bf16_units_warns_with_the_fix(
     monkeypatch.setattr(module_file, "cpu_bf16", lambda: has_units)
     dm = ImagenetteDataModule(root=mini_dir, presize=40, train_size=32, batch_size=8, num_workers=0)
     model = ImagenetteClassifier(backbone=partial(XResNet, layers=(1, 1, 1, 1), widen=0.25))
-    trainer = quiet_trainer(accelerator="cpu", precision="bf16-mixed", max_steps=1, limit_val_batches=0)
+    trainer = quiet.trainer(accelerator="cpu", precision="bf16-mixed", max_steps=1, limit_val_batches=0)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         trainer.fit(model, dm)

@@ -14,6 +14,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
+from imagenette_sota import quiet
 from imagenette_sota.callbacks import ProgressiveResize, Stage, TrainScalars
 from imagenette_sota.callbacks.inspection import BLUE, LINE, TILE, Inspection, confusion_image
 from imagenette_sota.data import ImagenetteDataModule
@@ -33,7 +34,7 @@ def events(mini_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Ev
     dm = ImagenetteDataModule(root=mini_dir, presize=64, batch_size=8, num_workers=0)
     model = ImagenetteClassifier(backbone=partial(XResNet, layers=(1, 1, 1, 1), widen=0.25), mixup_alpha=0.4)
     logger = TensorBoardLogger(tmp_path_factory.mktemp("tb"), name="", version=0)
-    trainer = L.Trainer(
+    trainer = quiet.trainer(
         accelerator="cpu",
         max_epochs=EPOCHS,
         limit_train_batches=BATCHES,
@@ -41,9 +42,6 @@ def events(mini_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Ev
         num_sanity_val_steps=1,
         log_every_n_steps=1,
         logger=logger,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         callbacks=[
             ProgressiveResize({0: Stage(32), 1: Stage(48)}),
             TrainScalars(),
@@ -131,13 +129,11 @@ def test_under_ddp_the_top_losses_come_from_every_rank(mini_dir: Path, tmp_path:
     dm = ImagenetteDataModule(root=mini_dir, presize=48, train_size=32, batch_size=8, val_batch_size=3, num_workers=0)
     model = ImagenetteClassifier(backbone=partial(XResNet, layers=(1, 1, 1, 1), widen=0.25))
     logger = TensorBoardLogger(tmp_path, name="", version=0)
-    trainer = L.Trainer(
+    trainer = quiet.trainer(
         **{**DDP, "strategy": "ddp_fork", "logger": logger},
         max_epochs=1,
         limit_train_batches=1,
         limit_val_batches=1,
-        num_sanity_val_steps=0,
-        enable_checkpointing=False,
         callbacks=[Inspection(max_images=2, top_losses=5)],
     )
     with deadline(TIMEOUT):

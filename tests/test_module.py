@@ -5,13 +5,13 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
+from imagenette_sota import quiet
 from imagenette_sota.callbacks import LRFinder
 from imagenette_sota.callbacks.lr_finder import suggest, valley
 from imagenette_sota.mixup import mixed_loss, mixup
@@ -24,13 +24,6 @@ MEAN, STD = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.2
 # Layers (1, 1, 1, 1) at half width: 1.3M parameters, ~5x faster per step than xresnet18, for the tests that
 # take many steps.
 tiny_xresnet = partial(XResNet, layers=(1, 1, 1, 1), widen=0.5)
-QUIET = {
-    "accelerator": "cpu",
-    "logger": False,
-    "enable_checkpointing": False,
-    "enable_progress_bar": False,
-    "enable_model_summary": False,
-}
 
 
 def load_split(split_dir: Path, per_class: int) -> TensorDataset:
@@ -78,7 +71,7 @@ def test_real_images_loaded(train_set: TensorDataset, val_set: TensorDataset) ->
 def test_fast_dev_run_logs_the_metrics_of_the_model(train_set: TensorDataset, val_set: TensorDataset) -> None:
     torch.manual_seed(0)
     model = ImagenetteClassifier(xresnet18, num_classes=10, label_smoothing=0.1, mixup_alpha=0.4)
-    trainer = L.Trainer(fast_dev_run=True, **QUIET)
+    trainer = quiet.trainer(accelerator="cpu", fast_dev_run=True)
     trainer.fit(model, loader(train_set, 16, shuffle=True), loader(val_set, 50))
     metrics = trainer.callback_metrics
     assert {"train/loss", "val/loss", "val/acc", "val/acc_top5"} <= metrics.keys()
@@ -103,7 +96,7 @@ def test_fast_dev_run_logs_the_metrics_of_the_model(train_set: TensorDataset, va
 
 def test_test_step_logs_test_metrics(val_set: TensorDataset) -> None:
     model = ImagenetteClassifier(xresnet18, num_classes=10)
-    results = L.Trainer(limit_test_batches=2, **QUIET).test(model, loader(val_set, 25))[0]
+    results = quiet.trainer(accelerator="cpu", limit_test_batches=2).test(model, loader(val_set, 25))[0]
     assert results.keys() == {"test/loss", "test/acc", "test/acc_top5"}
     assert 0.0 <= results["test/acc"] <= results["test/acc_top5"] <= 1.0
 
@@ -151,7 +144,7 @@ def test_overfits_one_real_batch_with_the_one_cycle(train_set: TensorDataset) ->
     torch.manual_seed(0)
     batch = TensorDataset(*train_set[::10])  # 20 real images, 2 per class
     model = ImagenetteClassifier(tiny_xresnet, num_classes=10)
-    trainer = L.Trainer(max_epochs=12, limit_val_batches=0, **QUIET)
+    trainer = quiet.trainer(accelerator="cpu", max_epochs=12, limit_val_batches=0)
     trainer.fit(model, loader(batch, 20))
     x, y = batch.tensors
     with torch.no_grad():  # train mode: batch statistics, as in the steps (running ones lag after 12 steps)
@@ -182,13 +175,13 @@ def test_lr_finder_applies_the_valley_suggestion(
     torch.manual_seed(0)
     finder = LRFinder(min_lr=1e-5, max_lr=1.0, num_training_steps=20, early_stop_threshold=None)
     model = ImagenetteClassifier(tiny_xresnet, num_classes=10, cycle=Cycle(123.0))
-    trainer = L.Trainer(
+    trainer = quiet.trainer(
+        accelerator="cpu",
         max_epochs=1,
         limit_train_batches=20,
         limit_val_batches=1,
         callbacks=[finder],
         default_root_dir=tmp_path,
-        **QUIET,
     )
     trainer.fit(model, loader(train_set, 10, shuffle=True), loader(val_set, 50))
     results = finder.optimal_lr.results

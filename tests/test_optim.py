@@ -14,6 +14,7 @@ from fastai.optimizer import ranger as fastai_ranger
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 
+from imagenette_sota import quiet
 from imagenette_sota.data import ImagenetteDataModule
 from imagenette_sota.models import XResNet
 from imagenette_sota.module import ImagenetteClassifier
@@ -174,14 +175,12 @@ def fit(mini_dir: Path, run: Path, epochs: int, resume: Path | None = None) -> d
         cycle=flat_cos(8e-3),
         optimizer=partial(Ranger, mom=0.95, eps=1e-6),
     )
-    trainer = L.Trainer(
+    trainer = quiet.trainer(
         accelerator="cpu",
         max_epochs=epochs,
         limit_train_batches=4,
         limit_val_batches=0,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
+        enable_checkpointing=True,
         callbacks=[ModelCheckpoint(dirpath=run, filename="{epoch}", save_top_k=-1)],
     )
     trainer.fit(model, dm, ckpt_path=resume, weights_only=True)

@@ -33,7 +33,7 @@ from imagenette_sota.data.folders import find_layout, scan_classes
 from imagenette_sota.data.split import file_digest, random_split
 from imagenette_sota.module import ImagenetteClassifier
 
-from .conftest import SHARED_DATA
+from .helpers import PHOTOS_ARCHIVE
 from .test_cli import QUICK, cli, rejected, small
 from .test_ddp import DDP, TIMEOUT, Count, deadline, tiny_xresnet
 
@@ -151,7 +151,7 @@ def test_every_format_in_any_case_decodes_to_its_pixels(mini_dir: Path, tmp_path
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The ten full-size photos, one folder per Imagenette class (wnid)."""
-    archive = SHARED_DATA / "imagenet-samples-fullsize.tgz"
+    archive = PHOTOS_ARCHIVE
     if not archive.is_file():
         pytest.fail(f"{archive} is missing: set IMAGENETTE_SHARED_DATA to the folder holding it")
     root = tmp_path_factory.mktemp("fullsize")

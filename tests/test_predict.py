@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -13,6 +12,7 @@ import yaml
 from PIL import Image
 from torchvision.datasets import Imagenette
 
+from imagenette_sota import quiet
 from imagenette_sota.cli import cli
 from imagenette_sota.data import ImagenetteDataModule
 from imagenette_sota.data.dataset import BadImageError
@@ -68,7 +68,7 @@ def test_predictor_matches_validate_on_the_val_folder(
         "--ckpt_path",
         str(tiny_ckpt),
     ]
-    args += ["--trainer.logger", "false", "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false"]
+    args += [*quiet.CLI_ARGS, "--trainer.accelerator", "cpu"]
     validated = cli(args).trainer.callback_metrics["val/acc"].item()
 
     files = sorted((mini_dir / "val").glob("*/*"))
@@ -79,7 +79,7 @@ def test_predictor_matches_validate_on_the_val_folder(
     # Per image, the probabilities of Lightning's own predict loop over the data module's val loader.
     dm = ImagenetteDataModule(root=mini_dir, presize=64, train_size=32, num_workers=0, cache=False)
     model = ImagenetteClassifier.load_from_checkpoint(tiny_ckpt, backbone=xresnet18, weights_only=True)
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    trainer = quiet.trainer(accelerator="cpu")
     lightning = torch.cat(trainer.predict(model, dm, ckpt_path=tiny_ckpt, weights_only=True))
     torch.testing.assert_close(probs, lightning, atol=1e-5, rtol=0)
     assert [p.top[0].name for p in ours] == [predictor.class_names[i] for i in lightning.argmax(1)]

@@ -15,13 +15,13 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from imagenette_sota import quiet
 from imagenette_sota.callbacks import OneCycles, ProgressiveResize, Ramp, Stage, TrainScalars
 from imagenette_sota.data import ImagenetteDataModule
 from imagenette_sota.models import XResNet
 from imagenette_sota.module import ImagenetteClassifier
 from imagenette_sota.schedule import Cycle, FineTune, adam, one_cycle
 
-QUIET = {"accelerator": "cpu", "logger": False, "enable_progress_bar": False, "enable_model_summary": False}
 SEED = 3
 # 200 training images: batch 50 -> 4 steps, batch 100 -> 2, batch 40 -> 5 (the last partial batch is dropped).
 SCHEDULE = {0: Stage(32, 50), 1: Stage(48, 100), 2: Stage(batch_size=40)}
@@ -89,9 +89,7 @@ def fit(mini_dir: Path, ckpt_dir: Path, first_epoch: int = 0) -> tuple[Probe, Im
     callbacks = [ProgressiveResize(SCHEDULE), OneCycles(CYCLES), TrainScalars(), probe]
     if first_epoch == 0:
         callbacks.append(ModelCheckpoint(ckpt_dir, filename="{epoch}", save_top_k=-1))
-    trainer = L.Trainer(
-        max_epochs=3, num_sanity_val_steps=0, enable_checkpointing=first_epoch == 0, callbacks=callbacks, **QUIET
-    )
+    trainer = quiet.trainer(accelerator="cpu", max_epochs=3, enable_checkpointing=first_epoch == 0, callbacks=callbacks)
     ckpt = ckpt_dir / f"epoch={first_epoch - 1}.ckpt" if first_epoch else None
     trainer.fit(model, datamodule=imagenette(mini_dir), ckpt_path=ckpt)
     return probe, model, trainer
@@ -228,7 +226,8 @@ def test_reuse_with_another_module_and_data_module(tmp_path: Path) -> None:
         probe = Probe()
         callbacks = [ProgressiveResize({0: Stage(8, 8), 1: Stage(16, 4)}), OneCycles({0: cycle}), TrainScalars(), probe]
         callbacks.append(ModelCheckpoint(tmp_path, filename="{epoch}", save_top_k=-1))
-        L.Trainer(max_epochs=2, callbacks=callbacks, **QUIET).fit(Net(), datamodule=Shapes(), ckpt_path=ckpt)
+        trainer = quiet.trainer(accelerator="cpu", max_epochs=2, enable_checkpointing=True, callbacks=callbacks)
+        trainer.fit(Net(), datamodule=Shapes(), ckpt_path=ckpt)
         return probe
 
     probe = run()
@@ -242,7 +241,7 @@ def test_reuse_with_another_module_and_data_module(tmp_path: Path) -> None:
 
 
 def test_a_scheduler_that_cannot_be_resumed_is_refused() -> None:
-    trainer = L.Trainer(max_epochs=1, enable_checkpointing=False, callbacks=[OneCycles({0: Cycle(0.1)})], **QUIET)
+    trainer = quiet.trainer(accelerator="cpu", max_epochs=1, callbacks=[OneCycles({0: Cycle(0.1)})])
     with pytest.raises(TypeError, match="replaces the module's LambdaLR with a OneCycleLR"):
         trainer.fit(Net(scheduler="constant"), datamodule=Shapes())
 
@@ -251,7 +250,7 @@ def test_a_one_cycle_sized_for_constant_batches_is_refused_before_it_runs() -> N
     """torch's OneCycleLR over ``estimated_stepping_batches`` (1 step x 2 epochs) cannot take the fit's 1 + 4 steps."""
     resize = ProgressiveResize({0: Stage(32, 32), 1: Stage(48, 8)})
     probe = Probe()
-    trainer = L.Trainer(max_epochs=2, enable_checkpointing=False, callbacks=[resize, TrainScalars(), probe], **QUIET)
+    trainer = quiet.trainer(accelerator="cpu", max_epochs=2, callbacks=[resize, TrainScalars(), probe])
     message = r"this fit takes 5 optimizer steps with the stages' batch sizes, but the OneCycleLR has 2 of its 2 left"
     with pytest.raises(RuntimeError, match=message + r".*OneCycles.*total_steps"):
         trainer.fit(Net(scheduler="torch_one_cycle"), datamodule=Shapes())
@@ -279,7 +278,8 @@ def test_fine_tune_clears_the_optimizer_state_and_resumes_exactly(tmp_path: Path
         steps, probe, net = Steps(), Probe(), Net()
         cycles = OneCycles({0: Cycle(0.1)}, fine_tune=FineTune(start_epoch=1, epochs=1, base_lr=0.1))
         checkpoints = ModelCheckpoint(tmp_path, filename="{epoch}", save_top_k=-1)
-        trainer = L.Trainer(max_epochs=3, callbacks=[cycles, TrainScalars(), steps, probe, checkpoints], **QUIET)
+        callbacks = [cycles, TrainScalars(), steps, probe, checkpoints]
+        trainer = quiet.trainer(accelerator="cpu", max_epochs=3, enable_checkpointing=True, callbacks=callbacks)
         trainer.fit(net, datamodule=InOrder(), ckpt_path=ckpt)
         return steps, probe, net
 
@@ -297,6 +297,6 @@ def test_fine_tune_clears_the_optimizer_state_and_resumes_exactly(tmp_path: Path
 
 def test_a_fit_that_would_stretch_fine_tune_is_refused() -> None:
     cycles = OneCycles(fine_tune=FineTune(start_epoch=1, epochs=1))  # epochs 1 and 2: the fit must end at 3
-    trainer = L.Trainer(max_epochs=4, enable_checkpointing=False, callbacks=[cycles], **QUIET)
+    trainer = quiet.trainer(accelerator="cpu", max_epochs=4, callbacks=[cycles])
     with pytest.raises(ValueError, match="max_epochs=4: fine_tune from epoch 1 ends at epoch 3.*max_epochs to 3"):
         trainer.fit(Net(), datamodule=Shapes())

@@ -21,6 +21,7 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import Callback
 
+from imagenette_sota import quiet
 from imagenette_sota.data import ImagenetteDataModule
 from imagenette_sota.models import XResNet
 from imagenette_sota.module import ImagenetteClassifier
@@ -95,13 +96,11 @@ def config(mini_dir: Path, run: Path, kill: bool, ema: bool = False) -> Path:
     settings = {
         "seed_everything": 7,
         "trainer": {
+            **quiet.SETTINGS,
+            "enable_checkpointing": True,  # the ModelCheckpoint above: what the resumed run starts from
             "accelerator": "cpu",
             "devices": 1,
             "max_epochs": EPOCHS,
-            "logger": False,
-            "enable_progress_bar": False,
-            "enable_model_summary": False,
-            "num_sanity_val_steps": 0,
             "default_root_dir": str(run),  # where the CLI saves config.yaml without a logger
             "callbacks": callbacks,
         },
@@ -177,14 +176,11 @@ def test_validating_changes_no_trained_weight(mini_dir: Path, one_thread: None) 
         L.seed_everything(0)
         dm = ImagenetteDataModule(root=mini_dir, presize=48, train_size=32, batch_size=16, num_workers=0)
         model = ImagenetteClassifier(backbone=partial(XResNet, **TINY), num_classes=10, mixup_alpha=0.4)
-        trainer = L.Trainer(
+        trainer = quiet.trainer(
             max_epochs=2,
             limit_train_batches=3,
             limit_val_batches=2 if validate else 0,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
+            num_sanity_val_steps=2,  # Lightning's default: the sanity pass validates before training too
         )
         trainer.fit(model, dm)
         return model.state_dict()

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from imagenette_sota import quiet
 from imagenette_sota.optim import Ranger
 from imagenette_sota.schedule import (
     Cycle,
@@ -169,8 +170,7 @@ def test_steps_per_epoch_equals_lightnings_estimate() -> None:
             return torch.optim.SGD(self.parameters(), lr=0.1)
 
     loader = DataLoader(TensorDataset(torch.rand(203, 2)), batch_size=8, drop_last=True)
-    quiet = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False}
-    trainer = L.Trainer(max_epochs=1, limit_train_batches=0.5, accumulate_grad_batches=3, **quiet)
+    trainer = quiet.trainer(max_epochs=1, limit_train_batches=0.5, accumulate_grad_batches=3)
     trainer.fit(Net(), loader)
     assert trainer.global_step == steps_per_epoch(203, 8, True, 0.5, 3) == 4  # 25 batches -> 12 -> 4 steps
 

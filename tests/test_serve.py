@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.serve_load import bad_uploads, post_image, running_server, send
 from imagenette_sota.predict import Predictor
 
 pytest.importorskip("litserve")
+from imagenette_sota.serve_client import bad_uploads, post_image, running_server, send
 
 
 @pytest.mark.parametrize("tta", [None, "augment"])

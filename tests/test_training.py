@@ -9,13 +9,14 @@ import lightning as L
 import pytest
 import torch
 
+from imagenette_sota import quiet
 from imagenette_sota.cli import cli, main
 from imagenette_sota.data import ImagenetteDataModule
 from imagenette_sota.models import XResNet
 from imagenette_sota.module import ImagenetteClassifier
 from imagenette_sota.schedule import Cycle
 
-from .conftest import MINI_MD5
+from .helpers import MINI_MD5
 
 
 class _History(L.Callback):
@@ -39,16 +40,7 @@ def test_short_fit_on_real_images_learns(mini_root: Path) -> None:
     )
     model = ImagenetteClassifier(backbone=partial(XResNet, layers=(1, 1, 1, 1), widen=0.5), cycle=Cycle(1e-2))
     history = _History()
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_epochs=8,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        callbacks=[history],
-    )
+    trainer = quiet.trainer(accelerator="cpu", max_epochs=8, callbacks=[history])
     trainer.fit(model, dm)
     assert history.loss[-1] < 0.8 * history.loss[0]  # the training loss falls
     assert history.acc[-1] >= 0.25  # 10 classes: chance is 0.10 (100 validation images)

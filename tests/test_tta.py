@@ -11,15 +11,12 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from imagenette_sota import seeds
+from imagenette_sota import quiet, seeds
 from imagenette_sota.callbacks import TTASettings, tta
 from imagenette_sota.callbacks.tta import combine
 from imagenette_sota.data import ImagenetteDataModule
 from imagenette_sota.data.dataset import CropViews, PresizedImages
 from imagenette_sota.models import XResNet
-
-QUIET = {"accelerator": "cpu", "devices": 1, "logger": False, "enable_progress_bar": False}
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -39,7 +36,7 @@ def model() -> nn.Module:
 
 @pytest.fixture(scope="module")
 def trainer() -> L.Trainer:
-    return L.Trainer(**QUIET)
+    return quiet.trainer(accelerator="cpu", devices=1)
 
 
 def softmax_of(model: nn.Module, x: Tensor) -> Tensor:

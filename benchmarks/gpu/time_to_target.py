@@ -20,7 +20,7 @@ def time_to_target(
     """Wall seconds of a fit of ``--t90-config`` from scratch until val accuracy >= target (or the best by then)."""
     import lightning as L
 
-    from benchmarks.common import QUIET_FIT
+    from imagenette_sota import quiet
     from imagenette_sota.cli import ImagenetteCLI, ImagenetteTrainer
     from imagenette_sota.data import ImagenetteDataModule
     from imagenette_sota.module import ImagenetteClassifier
@@ -56,7 +56,7 @@ def time_to_target(
 
     free(device)
     overrides = ["--data.root", str(data_dir), "--data.num_workers", str(args.workers), "--seed_everything", "0"]
-    overrides += [*QUIET_FIT, "--trainer.accelerator", "gpu" if device.type == "cuda" else device.type]
+    overrides += [*quiet.CLI_ARGS, "--trainer.accelerator", "gpu" if device.type == "cuda" else device.type]
     if args.fp32:
         overrides += ["--trainer.precision", "32-true", "--model.channels_last", "false"]
     if args.smoke:  # the recipe's structure (stages, cycle) on a tiny model, batch and size
