@@ -30,7 +30,7 @@ def test_gpu_smoke_runs_every_section_without_errors(mini_archive: Path, tmp_pat
 
 
 def test_recipe_check_gap_is_the_difference_of_seed_means_with_its_standard_error() -> None:
-    from benchmarks.recipe_check import gap, summary
+    from benchmarks.recipe.stats import gap, summary
 
     ours = summary([{"acc": [0.1, 0.5], "loss": [2.0, 1.0]}, {"acc": [0.3, 0.5], "loss": [2.2, 1.2]}])
     fastai = summary([{"acc": [0.2, 0.4], "loss": [2.0, 1.0]}, {"acc": [0.2, 0.6], "loss": [2.0, 1.0]}])
@@ -43,7 +43,7 @@ def test_recipe_check_gap_is_the_difference_of_seed_means_with_its_standard_erro
 
 
 def test_recipe_check_flags_only_gaps_past_the_bar_by_more_than_two_standard_errors() -> None:
-    from benchmarks.recipe_check import beyond_bar
+    from benchmarks.recipe.stats import beyond_bar
 
     # |gap| - 2 against 2 se: 4.5 - 2 = 2.5 > 2 * 1.2 (flagged); 4.5 - 2 = 2.5 < 2 * 1.5; -6 - ... = 4 > 2 * 1.9
     result = {"acc_gap": [4.5, 4.5, -6.0, 1.0, 2.5], "acc_gap_se": [1.2, 1.5, 1.9, 0.0, 0.0]}
@@ -54,7 +54,7 @@ def test_recipe_check_flags_only_gaps_past_the_bar_by_more_than_two_standard_err
 def test_area_prefilter_gives_fastai_resampling_our_filter_and_restores_its_own() -> None:
     from fastai.vision.all import TensorImage
 
-    from benchmarks.recipe_check import area_prefilter
+    from benchmarks.recipe.diagnostics import area_prefilter
     from imagenette_sota.data import augment as aug
 
     x = torch.rand(2, 3, 96, 96, generator=torch.Generator().manual_seed(0))
@@ -69,7 +69,7 @@ def test_area_prefilter_gives_fastai_resampling_our_filter_and_restores_its_own(
 
 
 def test_shared_crop_draws_one_crop_per_batch_and_restores_per_sample_crops() -> None:
-    from benchmarks.recipe_check import shared_crop
+    from benchmarks.recipe.diagnostics import shared_crop
     from imagenette_sota.data import augment as aug
 
     crop_only = aug.Augment(min_scale=0.35, flip_p=0.0, p_affine=0.0, max_lighting=0.0)

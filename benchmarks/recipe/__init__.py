@@ -1,0 +1,1 @@
+"""The pieces of ``benchmarks.recipe_check``: the reduced scale, each side's fit, the diagnostics, the statistics."""
