@@ -20,7 +20,9 @@ ONLY = ("train", "compile", "decode")
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line (see the package doc)."""
     parser = argparse.ArgumentParser(
-        description=benchmarks.fast_paths.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        "python -m benchmarks.fast_paths",
+        description=benchmarks.fast_paths.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--arch", default="xresnet18")
     parser.add_argument("--size", type=int, default=64, help="image side (px) of the training-step variants")
