@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from imagenette_sota.atomic import replacing
 from imagenette_sota.callbacks.tta import Mode
-from imagenette_sota.data.normalization import Mode as NormalizeMode
+from imagenette_sota.data.normalization import Statistics as NormalizeMode
 from imagenette_sota.predict import Precision, Prediction, Predictor
 from imagenette_sota.trained import LEGACY_OPTIONS, CheckpointError
 
