@@ -25,7 +25,7 @@ from imagenette_sota.data.dataset import CropViews, SeededSampler, collate_skipp
 from imagenette_sota.data.defaults import check_sizes, loader_workers
 from imagenette_sota.data.folders import Layout
 from imagenette_sota.data.normalization import Normalization, Statistics
-from imagenette_sota.data.source import Images, ImageSource
+from imagenette_sota.data.source import ImageDataset, ImageSource
 from imagenette_sota.data.split import How, Split
 from imagenette_sota.data.transforms import BatchTransforms, augment_generator
 
@@ -87,15 +87,24 @@ class ImagenetteDataModule(L.LightningDataModule):
         sizes = dict(presize=presize, train_size=train_size, val_size=val_size, batch_size=batch_size)
         check_sizes(**sizes, val_batch_size=val_batch_size, num_workers=num_workers)
         self.images = ImageSource(
-            dataset, root, url, md5, noisy_labels, skip_bad_images, cache, split, valid_pct, split_seed
+            dataset,
+            root,
+            url,
+            md5,
+            noisy_labels=noisy_labels,
+            skip_bad_images=skip_bad_images,
+            cache=cache,
+            split=split,
+            valid_pct=valid_pct,
+            split_seed=split_seed,
         )
         if (size := max(train_size, val_size or 0)) > presize:
             log.warning("images are presized to %d px, then upsampled to %d px: set presize >= %d", presize, size, size)
         self.presize, self.train_size, self.val_size = presize, train_size, val_size
         self.batch_size, self.val_batch_size, self.num_workers = batch_size, val_batch_size, num_workers
         self.transforms = BatchTransforms(augment, Normalization(normalize))  # normalization state is checkpointed
-        self.train_set: Images | None = None
-        self.val_set: Images | None = None
+        self.train_set: ImageDataset | None = None
+        self.val_set: ImageDataset | None = None
         self._draws = (-1, 0)  # (optimizer step, training batches augmented at that step so far)
 
     # --- the image source's facts, read here -------------------------------------------------------------

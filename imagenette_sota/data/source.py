@@ -1,7 +1,7 @@
 """Where a data module's images come from: an official release or the user's folders, split, labelled, and read
 from the files or from the decode-once cache.
 
-No Lightning: where DDP ranks must agree (the cache decision), the data module passes its strategy's ``broadcast``.
+It knows no Trainer: where DDP ranks must agree (the cache decision), the data module passes its ``broadcast``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from imagenette_sota.data.download import archive_stem, fetch
 from imagenette_sota.data.folders import Items, Layout, class_folders, find_layout
 from imagenette_sota.data.split import How, Split
 
-Images = PresizedImages | CachedImages
+ImageDataset = PresizedImages | CachedImages
 Broadcast = Callable[[Any, int], Any]  # (value, source rank) -> the source rank's value, on every rank
 
 
@@ -116,7 +116,7 @@ class ImageSource:
 
     def datasets(
         self, presize: int, workers: int | None = None, broadcast: Broadcast | None = None
-    ) -> tuple[Images, Images]:
+    ) -> tuple[ImageDataset, ImageDataset]:
         """(train, val) datasets of uint8 images at ``presize``, with the noisy training labels if asked; ``workers``:
         processes that build a missing cache (None: every core); ``broadcast``: see ``use_cache``."""
         train, val = self.items()
@@ -128,7 +128,7 @@ class ImageSource:
             self._dataset("val", val, presize, cached, workers),
         )
 
-    def _dataset(self, split: str, items: Items, presize: int, cached: bool, workers: int | None) -> Images:
+    def _dataset(self, split: str, items: Items, presize: int, cached: bool, workers: int | None) -> ImageDataset:
         if cached:
             return CachedImages(self._cache_file(split, items, presize, workers), items, train=split == "train")
         return PresizedImages(items, presize, train=split == "train", skip_bad_images=self.skip_bad_images)
