@@ -23,10 +23,9 @@ from imagenette_sota.data import augment as aug
 from imagenette_sota.data.cache import CachedImages
 from imagenette_sota.data.dataset import CropViews, SeededSampler, collate_skipping, first_batch
 from imagenette_sota.data.defaults import check_sizes, loader_workers
-from imagenette_sota.data.folders import Layout
 from imagenette_sota.data.normalization import Normalization, Statistics
 from imagenette_sota.data.source import ImageDataset, ImageSource
-from imagenette_sota.data.split import How, Split
+from imagenette_sota.data.split import How
 from imagenette_sota.data.transforms import BatchTransforms, augment_generator
 
 log = logging.getLogger(__name__)
@@ -118,24 +117,9 @@ class ImagenetteDataModule(L.LightningDataModule):
         self.images.root = Path(root)
 
     @property
-    def source(self) -> str:
-        """The archive's URL or local path."""
-        return self.images.archive
-
-    @property
-    def layout(self) -> Layout | None:
-        """How ``root`` holds the images (``ImageSource.layout``)."""
-        return self.images.layout
-
-    @property
     def data_dir(self) -> Path:
         """The dataset folder (``ImageSource.data_dir``)."""
         return self.images.data_dir
-
-    @property
-    def splitter(self) -> Split:
-        """How the images are split, and the split drawn."""
-        return self.images.splitter
 
     @property
     def classes(self) -> list[str]:
@@ -175,7 +159,9 @@ class ImagenetteDataModule(L.LightningDataModule):
             )
         self._build()
         if self.trainer is not None and self.trainer.world_size > 1:
-            self.splitter.check_ranks_agree(self.trainer.strategy.broadcast, self.trainer.global_rank, self.data_dir)
+            self.images.splitter.check_ranks_agree(
+                self.trainer.strategy.broadcast, self.trainer.global_rank, self.data_dir
+            )
         if stage == "fit":
             self.fit_normalization()  # "batch" statistics before the sanity check validates with them
 
