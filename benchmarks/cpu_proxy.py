@@ -31,11 +31,12 @@ import lightning as L
 from benchmarks.common import fastai_dataloaders, imagenette160, peak_rss_gib, report, reset_peak_rss
 from benchmarks.floor import floor_seconds
 from imagenette_sota import models, quiet
-from imagenette_sota.callbacks import ProgressiveResize, Ramp, TTASettings, tta
+from imagenette_sota.callbacks import ProgressiveResize, Ramp, tta
 from imagenette_sota.data import ImagenetteDataModule
 from imagenette_sota.data.cache import CachedImages
 from imagenette_sota.module import ImagenetteClassifier
 from imagenette_sota.schedule import Cycle
+from imagenette_sota.tta import TTASettings
 
 
 def epoch_sizes(args: argparse.Namespace) -> list[int]:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One prepared run on a lent GPU machine (no network there), under a hard time limit.
 #
-#   make gpu-data                      # here, once: .gpu-data/ = WebP archive + 300 JPEGs + wheels (~56 MB)
+#   make gpu-data                      # here, once: .gpu-data/ = WebP archive + 300 JPEGs + wheels
 #   bash benchmarks/gpu.sh [benchmarks.gpu options]   # there, from the repository root, with .gpu-data carried
 #
 # Installs from .gpu-data/wheels only what is not installed (pip --no-index --no-deps --target /tmp/gpu-site),

@@ -32,12 +32,12 @@ from imagenette_sota import seeds
 from imagenette_sota.callbacks.cycles import OneCycles
 from imagenette_sota.callbacks.inspection import Inspection
 from imagenette_sota.callbacks.scalars import TrainScalars
-from imagenette_sota.callbacks.tta import TTASettings
 from imagenette_sota.callbacks.tta import tta as test_time_augmentation
 from imagenette_sota.checkpoint_io import check_ckpt_path
 from imagenette_sota.commands import COMMANDS
 from imagenette_sota.data import ImagenetteDataModule
 from imagenette_sota.module import ImagenetteClassifier, check_checkpoint
+from imagenette_sota.tta import TTASettings
 
 
 class ImagenetteTrainer(L.Trainer):

@@ -19,12 +19,12 @@ from typing import Any, get_args
 from tqdm import tqdm
 
 from imagenette_sota.atomic import replacing
-from imagenette_sota.callbacks.tta import Mode
-from imagenette_sota.data.normalization import Mode as NormalizeMode
+from imagenette_sota.data.normalization import Statistics as NormalizeMode
 from imagenette_sota.predict import Precision, Prediction, Predictor
 from imagenette_sota.trained import LEGACY_OPTIONS, CheckpointError
+from imagenette_sota.tta import TTAMode
 
-TTA_MODES = get_args(Mode)
+TTA_MODES = get_args(TTAMode)
 PROGRESS_FROM = 200  # files: fewer finish before a progress bar would tell anything
 PRECISION_HELP = "bf16: the network under bf16 autocast (GPUs, CPUs with bf16 units; ~1e-2 off fp32's probabilities)"
 

@@ -6,7 +6,7 @@
 
 An image is presized exactly as a validation image is (the dataset's own ``open_rgb`` and ``presize``: decode to
 RGB, short side to ``presize``, centre crop), then batched through the data module's ``val_transform`` (resize to
-``val_size``, normalize) and the network; with ``tta`` through the existing ``TTAPredictor`` views instead. Augment
+``val_size``, normalize) and the network; with ``tta``, through the views of ``imagenette_sota.tta`` instead. Augment
 TTA re-draws the presize crop per view, as fastai's ``tta`` does, and seeds every draw from the image's own pixels.
 """
 
@@ -26,7 +26,6 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.functional import pil_to_tensor, to_pil_image
 
 from imagenette_sota import seeds
-from imagenette_sota.callbacks.tta import Mode, TTAPredictor, TTASettings
 from imagenette_sota.data import ImagenetteDataModule
 from imagenette_sota.data.dataset import (
     DECODE_ERRORS,
@@ -40,6 +39,7 @@ from imagenette_sota.data.dataset import (
 from imagenette_sota.data.defaults import predict_workers
 from imagenette_sota.models import fold_batchnorm
 from imagenette_sota.trained import Trained, load
+from imagenette_sota.tta import TTAMode, TTASettings, tta_predict
 
 ImageInput = str | Path | bytes | BinaryIO | Image.Image | Tensor | np.ndarray
 Precision = Literal["32", "bf16"]
@@ -110,7 +110,11 @@ class WithPreprocessing(nn.Module):
 
 
 class Predictor:
-    """A trained network with its data module's validation path: ``predictor(images, top_k)``."""
+    """A trained network with its data module's validation path: ``predictor(images, top_k)``.
+
+    ``network``: the network, BatchNorm folded (normalized images -> logits); ``pipeline``: presized uint8 images ->
+    probabilities, what ``export`` writes; ``tta_settings``: the views of test-time augmentation (None: the centre).
+    """
 
     def __init__(
         self,
@@ -119,7 +123,7 @@ class Predictor:
         classes: Sequence[str],
         class_names: Sequence[str],
         device: str | torch.device | None = None,
-        tta: Mode | TTASettings | None = None,
+        tta: TTAMode | TTASettings | None = None,
         precision: Precision = "32",
     ) -> None:
         """Args:
@@ -135,19 +139,18 @@ class Predictor:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         # BatchNorm folded into the convs: the same probabilities (to float rounding), one pass less per ConvBN.
         self.network, self.data = fold_batchnorm(network.to(self.device).eval()), data
-        self.model = WithPreprocessing(self.network, data)  # the exported graphs compute exactly this
+        self.pipeline = WithPreprocessing(self.network, data)  # the exported graphs compute exactly this
         self.classes, self.class_names = list(classes), list(class_names)
-        settings = TTASettings(mode=tta) if isinstance(tta, str) else tta
-        self.tta = None if settings is None else TTAPredictor(self.network, data, settings)
+        self.tta_settings = TTASettings(mode=tta) if isinstance(tta, str) else tta
         # Like fastai's tta, augmented views re-draw the presize crop: such a Predictor takes 1 + n crops per image.
-        self.crops = settings.n if settings is not None and settings.mode == "augment" else 0
+        self.crops = 0 if self.tta_settings is None else self.tta_settings.crops
 
     @classmethod
     def from_checkpoint(
         cls,
         path: str | Path,
         device: str | torch.device | None = None,
-        tta: Mode | TTASettings | None = None,
+        tta: TTAMode | TTASettings | None = None,
         backbone: Callable[[int], nn.Module] | None = None,
         precision: Precision = "32",
         **legacy: Any,
@@ -175,7 +178,7 @@ class Predictor:
 
     def _crops(self, image: ImageInput, crops: int) -> Tensor:
         """The centre crop, or ``keyed_crops``, of any supported image."""
-        seed = 0 if self.tta is None else self.tta.settings.seed
+        seed = 0 if self.tta_settings is None else self.tta_settings.seed
         if isinstance(image, bytes):  # an encoded file's bytes (an upload)
             image = io.BytesIO(image)
         if isinstance(image, (str, Path, io.IOBase)):
@@ -205,13 +208,17 @@ class Predictor:
         answer in any batch, at any position, in any call.
         """
         generators = None
-        if self.tta is not None and self.tta.settings.mode == "augment":
+        settings = self.tta_settings
+        if settings is not None and settings.mode == "augment":
             centres = (x[:, 0] if x.ndim == 5 else x).cpu()
-            seed = self.tta.settings.seed
+            seed = settings.seed
             generators = [seeds.generator(seeds.derive(seed, seeds.AUGMENT, content_key(c))) for c in centres]
         x = x.to(self.device, non_blocking=True)
         with torch.autocast(self.device.type, torch.bfloat16, enabled=self.precision == "bf16"):
-            probs = self.model(x) if self.tta is None else self.tta.predict(x, generators)["probs"]
+            if settings is None:
+                probs = self.pipeline(x)
+            else:
+                probs = tta_predict(self.network, self.data, settings, x, generators)["probs"]
         return probs.cpu()  # fp32 either way: both softmax in fp32
 
     def top(self, probs: Tensor, top_k: int = 5) -> list[Prediction]:
@@ -255,7 +262,7 @@ class Predictor:
         paths = [Path(p) for p in paths]
         if num_workers is None:
             num_workers = predict_workers(len(paths), batch_size, self.device.type != "cpu")
-        seed = 0 if self.tta is None else self.tta.settings.seed
+        seed = 0 if self.tta_settings is None else self.tta_settings.seed
         files = _Files(paths, self.presize, self.crops, seed)
         loader = DataLoader(files, batch_size, num_workers=num_workers, collate_fn=_stack_good)
         start = 0

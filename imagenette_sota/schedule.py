@@ -1,4 +1,4 @@
-"""fastai's optimizer (Adam, decoupled weight decay, none on norms/biases) and its schedules: one-cycle, flat-cos.
+"""fastai's optimizer (Adam, decoupled weight decay, none on norms/biases), its schedules and the step counts.
 
 The one-cycle is torch's ``OneCycleLR`` stepped every batch, set up to give exactly fastai's values: fastai puts
 batch ``i`` of ``n`` at position ``i / n`` of the cycle (peak at batch ``pct_start * n``; the last batch stops
@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import lightning as L
 import torch
 from torch import nn
 from torch.optim.lr_scheduler import OneCycleLR
@@ -131,3 +132,19 @@ def steps_per_epoch(
     batches = samples // batch_size if drop_last else math.ceil(samples / batch_size)
     batches = min(batches, limit_batches) if isinstance(limit_batches, int) else int(batches * limit_batches)
     return math.ceil(batches / accumulate)
+
+
+def epoch_steps(trainer: L.Trainer, batch_size: int | None = None) -> int:
+    """Optimizer steps of one epoch of ``trainer``'s fit at ``batch_size`` (None: the train loader's).
+
+    ``steps_per_epoch`` of this process's share of the train set (ceil-divided over the ranks, like Lightning's
+    ``DistributedSampler``) with the loader's ``drop_last`` and the Trainer's batch limit and accumulation.
+    """
+    loader = trainer.train_dataloader
+    return steps_per_epoch(
+        math.ceil(len(loader.dataset) / trainer.world_size),
+        batch_size or loader.batch_size,
+        drop_last=loader.drop_last,
+        limit_batches=trainer.limit_train_batches,
+        accumulate=trainer.accumulate_grad_batches,
+    )

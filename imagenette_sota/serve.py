@@ -26,10 +26,10 @@ from starlette.datastructures import UploadFile
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from imagenette_sota.callbacks.tta import Mode
 from imagenette_sota.data.dataset import BadImageError
 from imagenette_sota.predict import Prediction, Predictor
 from imagenette_sota.trained import LEGACY_OPTIONS, load
+from imagenette_sota.tta import TTAMode
 
 PATH = "/predict"
 FIELD = "image"  # the multipart form field holding the file
@@ -70,7 +70,7 @@ class ClassifierAPI(ls.LitAPI):
         self,
         checkpoint: str | Path,
         top_k: int = 5,
-        tta: Mode | None = None,
+        tta: TTAMode | None = None,
         max_batch_size: int = 16,
         batch_timeout: float = 0.01,
         **options: Any,

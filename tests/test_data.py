@@ -56,7 +56,7 @@ def test_official_releases_carry_urls_and_checksums() -> None:
     assert r.url == "https://s3.amazonaws.com/fast-ai-imageclas/imagenette2-160.tgz"
     assert r.md5 == "e793b78cc4c9e9a4ccc0c1155377a412"
     assert all(r.url.endswith(f"/{name}.tgz") and (r.md5 or r.head_md5) for name, r in RELEASES.items())
-    assert ImagenetteDataModule().source == r.url  # the default downloads the official archive
+    assert ImagenetteDataModule().images.archive == r.url  # the default downloads the official archive
     assert len(class_names("imagewoof2")) == 10 and class_names("imagenette2")["n03028079"] == "church"
 
 

@@ -27,12 +27,13 @@ import yaml
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from imagenette_sota import quiet
-from imagenette_sota.callbacks import ProgressiveResize, Stage, TrainScalars, TTASettings, tta
+from imagenette_sota.callbacks import ProgressiveResize, Stage, TrainScalars, tta
 from imagenette_sota.checkpoint_io import AtomicCheckpointIO
 from imagenette_sota.data import ImagenetteDataModule
 from imagenette_sota.models import XResNet
 from imagenette_sota.module import ImagenetteClassifier
 from imagenette_sota.schedule import Cycle
+from imagenette_sota.tta import TTASettings
 
 REPO = Path(__file__).resolve().parents[1]
 DDP = {"accelerator": "cpu", "devices": 2, "strategy": "ddp_spawn"}

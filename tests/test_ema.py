@@ -14,12 +14,13 @@ import yaml
 from lightning.pytorch.callbacks import Callback, EMAWeightAveraging
 
 from imagenette_sota import quiet
-from imagenette_sota.callbacks import OneCycles, ProgressiveResize, Stage, TTASettings, tta
+from imagenette_sota.callbacks import OneCycles, ProgressiveResize, Stage, tta
 from imagenette_sota.cli import cli
 from imagenette_sota.data import ImagenetteDataModule
 from imagenette_sota.models import XResNet
 from imagenette_sota.module import ImagenetteClassifier
 from imagenette_sota.schedule import Cycle
+from imagenette_sota.tta import TTASettings
 
 DECAY = 0.9
 TINY = {"layers": [1, 1, 1, 1], "widen": 0.25}

@@ -197,7 +197,9 @@ def test_full_size_photos_train_through_the_cli_at_presize_460(photos: Path, tmp
         ["fit", "--config", QUICK, *args, "--data.num_workers", "0", *quiet(tmp_path), "--trainer.fast_dev_run", "1"]
     )
     dm = run.datamodule
-    assert dm.layout == "classes" and dm.classes == WNIDS and dm.class_names == HUMAN  # an official release's wnids
+    assert (
+        dm.images.layout == "classes" and dm.classes == WNIDS and dm.class_names == HUMAN
+    )  # an official release's wnids
     assert (len(dm.train_set), len(dm.val_set)) == (8, 2) and run.trainer.global_step == 1
     x, _ = dm.train_set[(0, 1)]
     assert x.shape == (3, 460, 460)
@@ -235,7 +237,7 @@ def test_class_folders_train_and_validate_on_one_recorded_split(
     validate = ["validate", "--config", QUICK, *small(own), *quiet(tmp_path), "--trainer.limit_val_batches", "1"]
     with caplog.at_level(logging.WARNING, logger="imagenette_sota"):
         again = cli([*validate, "--data.valid_pct", "0.5", "--ckpt_path", str(ckpt)])
-    assert again.datamodule.val_set.items == val and again.datamodule.splitter.valid_pct == 0.2
+    assert again.datamodule.val_set.items == val and again.datamodule.images.splitter.valid_pct == 0.2
     assert "trained with split=random, valid_pct=0.2, split_seed=42: using those instead of" in caplog.text
 
     # the folder changed since: that split cannot be reproduced, and validate says so

@@ -258,6 +258,18 @@ def test_a_one_cycle_sized_for_constant_batches_is_refused_before_it_runs() -> N
     assert resize.total_steps(trainer) == 1 + 4
 
 
+def test_the_module_scheduler_running_until_the_first_cycle_is_checked_before_it_runs() -> None:
+    """Net's OneCycleLR (3 epochs x 1 step) runs until OneCycles' cycle at epoch 2: epochs 0-1 take 1 + 4 steps."""
+    resize = ProgressiveResize({0: Stage(32, 32), 1: Stage(48, 8)})
+    probe = Probe()
+    callbacks = [resize, OneCycles({2: Cycle(0.1)}), TrainScalars(), probe]
+    trainer = quiet.trainer(accelerator="cpu", max_epochs=3, enable_checkpointing=False, callbacks=callbacks)
+    message = r"epochs 0 to 1 \(until a new cycle\) takes 5 optimizer steps .* the OneCycleLR has 3 of its 3 left"
+    with pytest.raises(RuntimeError, match=message):
+        trainer.fit(Net(scheduler="torch_one_cycle"), datamodule=Shapes())
+    assert probe.train == []
+
+
 def test_fine_tune_clears_the_optimizer_state_and_resumes_exactly(tmp_path: Path) -> None:
     """fastai's fine_tune: Adam's step counts (and moments) restart at each of its two cycles; resume replays that."""
 

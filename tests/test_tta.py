@@ -12,11 +12,11 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from imagenette_sota import quiet, seeds
-from imagenette_sota.callbacks import TTASettings, tta
-from imagenette_sota.callbacks.tta import combine
+from imagenette_sota.callbacks import tta
 from imagenette_sota.data import ImagenetteDataModule
 from imagenette_sota.data.dataset import CropViews, PresizedImages
 from imagenette_sota.models import XResNet
+from imagenette_sota.tta import TTASettings, combine
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -28,7 +28,7 @@ source resolution". Sections, in this order (each in its own try/except: a failu
 - ``fast_paths``: ``benchmarks.fast_paths`` on the device (fp32 / channels_last / bf16, AdamW kernels) and
   PIL vs nvJPEG decoding of the 300 real JPEGs of imagenette2-160-mini.
 
-Time-to-90 recipe: ``configs/gpu_time_to_90.yaml`` (``--t90-config``; its header holds the measured figures), run
+Time-to-90 recipe: ``configs/gpu_time_to_90.yaml`` (``--t90-config``; its figures: docs/results.md), run
 through the CLI's own parsing (xresnet50, 96 px for epochs 0-15 then 128 px, presize and validation at 160 px,
 batch 256, fastai Adam + one-cycle at 8e-3 over 40 epochs, label smoothing 0.1, Augment(min_scale=0.35)), stopped
 at the first epoch with val accuracy >= ``--t90-target``. Every figure is printed (flushed) as it is measured,

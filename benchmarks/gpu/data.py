@@ -42,7 +42,7 @@ class DeviceBatches:
 
     Train: a new random order each pass and a random crop position along each image's long side; otherwise the
     dataset order and the centred crop. Has ``dataset`` (the split it serves), ``batch_size`` and ``drop_last`` like
-    a DataLoader, for code that counts steps (``callbacks.progressive.epoch_steps``).
+    a DataLoader, for code that counts steps (``schedule.epoch_steps``).
     """
 
     def __init__(

@@ -74,7 +74,7 @@ def rounded(value: Any) -> Any:
 def free(device: torch.device) -> None:
     """Collect garbage, forget compiled graphs and start a new peak-memory window."""
     # Without the reset a later setting reuses (or, past dynamo's recompile limit, silently runs eager) the graphs
-    # compiled for an earlier one: the H200 run of 2026-11-29 timed "compiled" at 0.74x eager and 0.07 s compiles.
+    # compiled for an earlier one, and its "compiled" figures time those instead of its own.
     torch._dynamo.reset()
     gc.collect()
     fast_paths.reset_peak(device)

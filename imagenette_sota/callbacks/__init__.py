@@ -5,7 +5,7 @@ from imagenette_sota.callbacks.inspection import Inspection
 from imagenette_sota.callbacks.lr_finder import LRFinder
 from imagenette_sota.callbacks.progressive import ProgressiveResize, Ramp, Stage
 from imagenette_sota.callbacks.scalars import TrainScalars
-from imagenette_sota.callbacks.tta import GatherPredictions, TTAPredictor, TTASettings, tta
+from imagenette_sota.callbacks.tta import GatherPredictions, TTAPredictor, tta
 
 __all__ = [
     "GatherPredictions",
@@ -16,7 +16,6 @@ __all__ = [
     "Ramp",
     "Stage",
     "TTAPredictor",
-    "TTASettings",
     "TrainScalars",
     "tta",
 ]

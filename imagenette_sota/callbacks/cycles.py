@@ -1,29 +1,10 @@
 """OneCycles: fastai's consecutive ``fit_one_cycle`` calls inside one Lightning fit, each timed to its stage.
 
-The book's progressive recipe is ``fit_one_cycle(4, 3e-3)`` at 128 px, then ``fine_tune(5, 1e-3)`` at 224 px: three
-one-cycles (4, 1 and 5 epochs), the last two after ``opt.clear_state()``. As one fit::
+    OneCycles(fine_tune=FineTune(start_epoch=4, epochs=5, base_lr=1e-3))  # the book's fine_tune(5, 1e-3) from epoch 4
 
-    model = ImagenetteClassifier(cycle=Cycle(3e-3))  # epoch 0's cycle: the module's own (its ``cycle`` attribute)
-    resize = ProgressiveResize({0: Stage(128, 128), 4: Stage(224, 64)})
-    cycles = OneCycles(fine_tune=FineTune(start_epoch=4, epochs=5, base_lr=1e-3))
-    L.Trainer(max_epochs=10, callbacks=[resize, cycles]).fit(model, datamodule=ImagenetteDataModule("imagenette2"))
-
-What it does, and when (public trainer state only):
-
-- At the start of an epoch that begins a cycle, ``trainer.lr_scheduler_configs[0].scheduler`` becomes
-  ``schedule.one_cycle(optimizer, cycle, steps)``, ``steps`` being the optimizer steps until the next cycle starts
-  (or ``max_epochs``), epoch by epoch with each epoch's batch size (a ``ProgressiveResize`` among the callbacks
-  tells them; else the train loader's): ``progressive.epoch_steps``, ``schedule.steps_per_epoch`` with the
-  trainer's settings.
-- The first epoch always begins a cycle: the schedule's, or else the module's ``cycle`` attribute (a
-  ``schedule.Cycle``), so a whole-fit estimate (``trainer.estimated_stepping_batches``, which counts every epoch at
-  the first batch size) never runs with a stale length. A module with neither keeps its own scheduler until the
-  first cycle of the schedule.
-- ``clear_state`` (and every cycle of ``fine_tune``): the optimizer's state (Adam's moments and step counts) is
-  emptied before the cycle starts, as fastai's freeze/unfreeze do.
-- The module must configure one optimizer and one ``interval="step"`` ``OneCycleLR``: on resume Lightning loads the
-  checkpointed state of the running replacement into that scheduler, and a OneCycleLR's state holds the whole cycle
-  (length, phases, position), so the resumed run continues it exactly. The callback keeps no state of its own.
+At each epoch that begins a cycle the module's step scheduler becomes ``schedule.one_cycle`` over the optimizer steps
+until the next cycle, counted with a ``ProgressiveResize``'s batch sizes. It is a ``OneCycleLR``, whose state holds
+the whole cycle: Lightning's checkpoint resumes it exactly, and the callback keeps no state of its own.
 """
 
 from __future__ import annotations
@@ -32,12 +13,12 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 from torch.optim.lr_scheduler import OneCycleLR
 
-from imagenette_sota.callbacks.progressive import ProgressiveResize, epoch_steps
-from imagenette_sota.schedule import Cycle, FineTune, one_cycle
+from imagenette_sota.callbacks.progressive import ProgressiveResize
+from imagenette_sota.schedule import Cycle, FineTune, epoch_steps, one_cycle
 
 
 class OneCycles(Callback):
-    """A new fastai one-cycle at chosen epochs, each timed to the next (see the module doc)."""
+    """A new fastai one-cycle at chosen epochs, each timed to the next (public trainer state only)."""
 
     def __init__(
         self, schedule: dict[int, Cycle] | None = None, fine_tune: FineTune | None = None, clear_state: bool = False
@@ -46,6 +27,8 @@ class OneCycles(Callback):
         schedule: {epoch: the cycle that starts there}, epochs counted from 0.
         fine_tune: fastai's fine_tune at its start_epoch: two cycles, each after clearing the optimizer state.
         clear_state: also clear the optimizer state before each cycle of ``schedule`` after the first epoch.
+
+        Clearing empties Adam's moments and step counts, as fastai's freeze() and unfreeze() do.
         """
         schedule = dict(schedule or {})
         bad = [k for k in schedule if not isinstance(k, int) or k < 0]
@@ -79,7 +62,11 @@ class OneCycles(Callback):
             )
 
     def cycle_at(self, epoch: int, pl_module: L.LightningModule) -> Cycle | None:
-        """The cycle that starts at ``epoch``: the schedule's, or at epoch 0 the module's ``cycle``; else None."""
+        """The cycle that starts at ``epoch``: the schedule's, or at epoch 0 the module's ``cycle``; else None.
+
+        The first epoch always begins a cycle when it can: a whole-fit estimate (``estimated_stepping_batches``, every
+        epoch at the first batch size) then never runs with a stale length. ``ProgressiveResize`` reads this too.
+        """
         if epoch in self.schedule:
             return self.schedule[epoch]
         return getattr(pl_module, "cycle", None) if epoch == 0 else None
@@ -105,8 +92,8 @@ class OneCycles(Callback):
             raise ValueError("OneCycles times its cycles by epochs: set the Trainer's max_epochs")
         end = next((k for k in self.epochs if k > epoch), trainer.max_epochs)
         resize = next((c for c in trainer.callbacks if isinstance(c, ProgressiveResize)), None)
-        batch_sizes = [resize.batch_size_at(e) if resize else None for e in range(epoch, end)]
-        steps = sum(epoch_steps(trainer, batch_size) for batch_size in batch_sizes)
+        epochs = range(epoch, end)
+        steps = resize.steps(trainer, epochs) if resize else len(epochs) * epoch_steps(trainer)
         optimizer = trainer.optimizers[0]
         if epoch in self.clears:
             # fastai's opt.clear_state(): moments and step counts start again (LookAhead: its slow weights too)

@@ -1,59 +1,31 @@
 """ProgressiveResize: the training image size and batch size of each stage of a fit, set epoch by epoch.
 
-The book's recipe: 4 epochs at 128 px, batch 128, then 6 at 224 px, batch 64 (the one-cycles of each stage are
-``OneCycles``'s, callbacks/cycles.py)::
+    ProgressiveResize({0: Stage(128, 128), 4: Stage(224, 64)})  # the book's recipe: 128 px, then 224 px from epoch 4
+    ProgressiveResize(ramp=Ramp(160, 192, start_epoch=11, end_epoch=13, batch_size=256))  # FFCV's smooth resizing
 
-    ProgressiveResize({0: Stage(128, 128), 4: Stage(224, 64)})
-
-and as LightningCLI YAML (``imagenette-sota fit --config this.yaml``)::
-
-    trainer:
-      callbacks:
-        - class_path: imagenette_sota.callbacks.ProgressiveResize
-          init_args:
-            schedule:
-              0: {size: 128, batch_size: 128}
-              4: {size: 224, batch_size: 64}
-
-FFCV-style smooth resizing (160 -> 192 px over epochs 11..13 of 16, batch 256 at 192 px, larger below it; validation
-at 224 px is the data module's ``val_size``)::
-
-    ProgressiveResize(ramp=Ramp(160, 192, start_epoch=11, end_epoch=13, batch_size=256))
-
-What it sets, and when (public state only):
-
-- ``datamodule.train_size`` and (if a stage gives one) ``batch_size``, the data module's own state: for epoch e + 1
-  at the end of epoch e (after its validation: Lightning builds an epoch's train loader before its epoch-start
-  hooks), for the first epoch in ``setup`` (before Lightning builds the first train loader and
-  ``configure_optimizers`` counts its batches), and for the epoch a resumed fit starts with in ``on_train_start``
-  (a data module without state of its own gets its sizes back). Any data module with public ``train_size`` and
-  ``batch_size`` works. Validation runs at the data module's ``val_size`` (None: the current train size).
-- A new batch size needs a new train loader: when the stages change it, the callback sets the Trainer's public
-  ``reload_dataloaders_every_n_epochs`` to 1 (loaders are then rebuilt every epoch).
-- Batch sizes that change also change the number of optimizer steps per epoch, which
-  ``trainer.estimated_stepping_batches`` (every epoch at the first batch size) does not know: when training starts
-  the callback refuses a step scheduler (a ``OneCycleLR``) without room for the fit's steps (unless ``OneCycles``,
-  which sizes its own, is among the callbacks), and before each epoch's first step one without room for that epoch,
-  naming the fix (``OneCycles`` times one-cycles to the stages; ``ProgressiveResize.total_steps`` counts a fit's
-  steps).
-
-Multi-GPU (``trainer: {strategy: ddp, devices: N}``): ``batch_size`` is per device, the global batch is
-batch_size x devices x num_nodes, and no learning rate is rescaled with it: scale the cycles' ``lr_max`` yourself if
-you want to. Lightning's ``sync_batchnorm: true`` computes BatchNorm statistics over the global batch (worth it when
-the per-device batch is small; it costs a synchronization per BatchNorm layer).
+It sets the data module's public ``train_size`` and ``batch_size`` (any data module with both works; validation
+runs at its ``val_size``). The one-cycles of the stages are ``OneCycles``'s (callbacks/cycles.py).
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Protocol, runtime_checkable
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
-from imagenette_sota.schedule import steps_per_epoch
+from imagenette_sota.schedule import Cycle, epoch_steps
+
+
+@runtime_checkable
+class StartsCycles(Protocol):
+    """A callback that, at the epochs where ``cycle_at`` gives a cycle, replaces the step scheduler with one sized to
+    the stages (``OneCycles``)."""
+
+    def cycle_at(self, epoch: int, pl_module: L.LightningModule) -> Cycle | None: ...
 
 
 @dataclass(frozen=True)
@@ -61,6 +33,7 @@ class Stage:
     """From its epoch on: train image side (px) and batch size per device.
 
     ``None`` keeps the previous stage's size or batch size (the data module's batch size before any stage sets one).
+    Under DDP the global batch is batch_size x devices x num_nodes; no learning rate is rescaled with it.
     """
 
     size: int | None = None
@@ -124,7 +97,7 @@ class Ramp:
 
 
 class ProgressiveResize(Callback):
-    """Progressive resizing: per-epoch training image size and batch size (see the module doc)."""
+    """Progressive resizing: per-epoch training image size and batch size (public trainer state only)."""
 
     def __init__(self, schedule: dict[int, Stage] | None = None, ramp: Ramp | None = None) -> None:
         """Args:
@@ -155,17 +128,25 @@ class ProgressiveResize(Callback):
         """The batch size per device a stage sets for ``epoch`` (None: the data module's own)."""
         return self.stage_at(epoch).batch_size
 
-    def total_steps(self, trainer: L.Trainer) -> int:
-        """Optimizer steps of the whole fit (``max_epochs``) with the stages' batch sizes, as Lightning counts them.
+    def steps(self, trainer: L.Trainer, epochs: Iterable[int]) -> int:
+        """Optimizer steps of ``epochs`` of this fit with the stages' batch sizes, as Lightning counts them.
 
-        What ``trainer.estimated_stepping_batches`` would be if it knew the stages: size a module's own scheduler
-        with it. Needs the train loader (``trainer.estimated_stepping_batches`` builds it, if called first).
+        Needs the train loader (``trainer.estimated_stepping_batches`` builds it, if called first).
         """
-        return sum(epoch_steps(trainer, self.batch_size_at(e)) for e in range(trainer.max_epochs))
+        return sum(epoch_steps(trainer, self.batch_size_at(e)) for e in epochs)
+
+    def total_steps(self, trainer: L.Trainer) -> int:
+        """Optimizer steps of the whole fit (``max_epochs``) with the stages' batch sizes: what
+        ``trainer.estimated_stepping_batches`` would be if it knew the stages (size a module's own scheduler with it).
+        """
+        return self.steps(trainer, range(trainer.max_epochs))
 
     # --- hooks ---------------------------------------------------------------------------------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        """Check the data module, rebuild loaders if batch sizes change, size the first epoch's data."""
+        """Check the data module, rebuild loaders if batch sizes change, size the first epoch's data.
+
+        Here: before Lightning builds the first train loader and ``configure_optimizers`` counts its batches.
+        """
         if stage != "fit":
             return
         missing = [a for a in ("train_size", "batch_size") if not hasattr(trainer.datamodule, a)]
@@ -174,28 +155,19 @@ class ProgressiveResize(Callback):
                 f"ProgressiveResize needs trainer.fit(..., datamodule=dm) with public {missing} on the data module"
             )
         if self._batch_sizes_change() and trainer.reload_dataloaders_every_n_epochs != 1:
+            # a new batch size needs a new train loader
             rank_zero_info("ProgressiveResize: batch sizes change, so train loaders are rebuilt every epoch")
             trainer.reload_dataloaders_every_n_epochs = 1
         self._apply(trainer, trainer.current_epoch)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """The epoch a fit starts with is known now (a resumed one's too): size its data; check the schedulers."""
+        """The epoch a fit starts with is known now (a resumed one's too): size its data; check the step scheduler.
+
+        A data module without state of its own gets its sizes back here on resume.
+        """
         self._apply(trainer, trainer.current_epoch)
-        from imagenette_sota.callbacks.cycles import OneCycles  # here: that module imports this one
-
-        # OneCycles replaces the scheduler with one sized to each stage; a fit of unknown length cannot run out.
-        own_cycles = any(isinstance(callback, OneCycles) for callback in trainer.callbacks)
-        if self._batch_sizes_change() and not own_cycles and (trainer.max_epochs or -1) >= 0:
-            epochs = range(trainer.current_epoch, trainer.max_epochs)
-            self._check_room(trainer, sum(epoch_steps(trainer, self.batch_size_at(e)) for e in epochs), "this fit")
-
-    def on_train_batch_start(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
-    ) -> None:
-        """Before an epoch's first step: refuse a step scheduler without room for the epoch (see the module doc)."""
-        if batch_idx == 0 and self._batch_sizes_change():
-            epoch = trainer.current_epoch
-            self._check_room(trainer, epoch_steps(trainer, self.batch_size_at(epoch)), f"epoch {epoch}")
+        if self._batch_sizes_change():
+            self._check_room(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Size the next epoch's data now: Lightning builds its train loader before its epoch-start hooks."""
@@ -211,8 +183,19 @@ class ProgressiveResize(Callback):
     def _batch_sizes_change(self) -> bool:
         return len({self.batch_size_at(e) for e in self.epochs}) > 1
 
-    def _check_room(self, trainer: L.Trainer, steps: int, what: str) -> None:
-        """Refuse a step scheduler with fewer than ``steps`` steps left for ``what`` (the fit, or an epoch)."""
+    def _check_room(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Refuse a step scheduler without room for the steps it will run, before the first of them.
+
+        ``trainer.estimated_stepping_batches`` counts every epoch at the first stage's batch size, so a scheduler
+        sized with it may run out. It runs until the fit ends or a ``StartsCycles`` callback replaces it.
+        """
+        if trainer.max_epochs is None or trainer.max_epochs < 0:  # a fit of unknown length: nothing to count
+            return
+        starts = [c for c in trainer.callbacks if isinstance(c, StartsCycles)]
+        epochs = range(trainer.current_epoch, trainer.max_epochs)
+        end = next((e for e in epochs if any(c.cycle_at(e, pl_module) is not None for c in starts)), epochs.stop)
+        steps = self.steps(trainer, range(epochs.start, end))
+        what = "this fit" if end == epochs.stop else f"epochs {epochs.start} to {end - 1} (until a new cycle)"
         for config in trainer.lr_scheduler_configs:
             total, done = getattr(config.scheduler, "total_steps", None), config.scheduler.last_epoch
             if config.interval == "step" and total is not None and done + steps > total:
@@ -223,20 +206,3 @@ class ProgressiveResize(Callback):
                     "first stage's). Add imagenette_sota.callbacks.OneCycles, which times a one-cycle to the "
                     "stages, or size the scheduler with ProgressiveResize.total_steps(trainer)."
                 )
-
-
-def epoch_steps(trainer: L.Trainer, batch_size: int | None = None) -> int:
-    """Optimizer steps of one epoch of this fit at ``batch_size`` (None: the train loader's), as Lightning counts.
-
-    ``schedule.steps_per_epoch`` of this process's share of the train set (``len(loader.dataset)`` ceil-divided over
-    the ranks, like Lightning's ``DistributedSampler``) with the loader's ``drop_last`` and the Trainer's
-    ``limit_train_batches`` and ``accumulate_grad_batches``.
-    """
-    loader = trainer.train_dataloader
-    return steps_per_epoch(
-        math.ceil(len(loader.dataset) / trainer.world_size),
-        batch_size or loader.batch_size,
-        drop_last=loader.drop_last,
-        limit_batches=trainer.limit_train_batches,
-        accumulate=trainer.accumulate_grad_batches,
-    )

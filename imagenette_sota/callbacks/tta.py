@@ -1,40 +1,18 @@
-"""Test-time augmentation (fastai's ``Learner.tta``), each sample predicted exactly once, also under DDP.
+"""The TTA predict loop: ``tta(trainer, model, datamodule, settings)`` predicts each sample exactly once, DDP too.
 
-After a fit::
+The views and their combination are ``imagenette_sota.tta``'s; this module runs them in ``trainer.predict`` and
+gathers every rank's rows into one result in dataset order, on every rank.
 
     probs, targets = tta(trainer, model, datamodule)  # fastai's defaults: TTASettings(n=4, beta=0.25)
     probs, targets = tta(trainer, model, datamodule, TTASettings(mode="flip", beta=0.5))  # centre and mirror
-    probs, targets = tta(trainer, model, datamodule, TTASettings(mode="five_crop"))  # corners + centre, 87.5% crops
-
-``tta`` runs ``trainer.predict`` on a ``TTAPredictor`` (the model wrapped with the data module's transforms) with a
-``GatherPredictions`` callback. The data module is the single source of the views: its ``predict_dataloader()``
-yields raw (presized uint8) ``(x, y)`` batches in dataset order, ``val_transform(x)`` makes the centre view and
-``train_transform(x, generator)`` the training augmentation drawn from ``generator``, at the data module's
-``train_size`` (after ProgressiveResize: the last stage's). Like fastai's ``tta``, which runs the dataset in training
-mode, every augmented view also starts from its own presize crop: ``tta_dataloader(n, seed)`` yields the centre crop
-and n crops whose positions along the long side are seeded per (seed, sample, view). ImagenetteDataModule has all
-four; any data module with the first three works (its views then share the centre crop). Given to
-``trainer.predict`` as ``datamodule``, its ``on_after_batch_transfer`` would turn every batch into the centre view
-first, so the predictor asks it for the loader itself.
-
-Under DDP Lightning splits predict loaders without padding (``UnrepeatedDistributedSampler``); the callback puts
-every rank's rows at their dataset indices, sums across ranks, checks that each sample was predicted exactly once
-and leaves the whole result, in dataset order, on every rank. With ``ddp_spawn`` the ranks are other processes:
-rank 0 also writes the result to a file that ``tta`` reads back. (Under ``ddp_spawn`` a data module's state set
-during ``fit`` - progressive sizes, batch statistics - stays in the worker processes: restore it from the
-checkpoint, or use ``strategy="ddp"``.) The batch augmentation of the views draws from a host generator seeded
-from (``seed``, rank, batch): runs repeat, the views take nothing from the global RNG streams, and the device never
-waits on the host; but a sample gets other draws on another number of ranks, so augmented TTA under DDP matches a
-single process in distribution, not bit for bit (plain, flip and five-crop predictions do match exactly).
 """
 
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import lightning as L
 import torch
@@ -42,59 +20,24 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.strategies import Strategy
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import Tensor, nn
-from torchvision.transforms.v2.functional import five_crop
 
 from imagenette_sota import seeds
-from imagenette_sota.data.augment import Generators
 from imagenette_sota.distributed import destroy_process_group_at_exit
-
-Mode = Literal["augment", "flip", "five_crop"]
-
-
-@dataclass(frozen=True)
-class TTASettings:
-    """Which views test-time augmentation predicts and how it combines them (defaults: fastai's ``tta``).
-
-    n: augmented passes (mode "augment" only). beta: weight of the centre view (fastai: 0.25).
-    use_max: the elementwise max over the centre and the views instead of the weighted mean.
-    mode: "augment" (n passes of the training augmentation), "flip" (the mirrored centre view) or
-        "five_crop" (the four corners and the centre, each a ``crop`` fraction of the presized side).
-    seed: seeds the augmented views: their presize crops per sample and view, their augmentation per rank and batch.
-    """
-
-    n: int = 4
-    beta: float = 0.25
-    use_max: bool = False
-    mode: Mode = "augment"
-    crop: float = 0.875
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.mode not in ("augment", "flip", "five_crop"):
-            raise ValueError(f"mode={self.mode!r}: choose 'augment', 'flip' or 'five_crop'")
-        if self.n < 0 or not 0 <= self.beta <= 1 or not 0 < self.crop <= 1:
-            raise ValueError(
-                f"need n >= 0, 0 <= beta <= 1 and 0 < crop <= 1; got n={self.n}, beta={self.beta}, crop={self.crop}"
-            )
-
-
-def combine(centre: Tensor, views: Sequence[Tensor], beta: float = 0.25, use_max: bool = False) -> Tensor:
-    """fastai's TTA: beta * centre + (1 - beta) * mean(views), or the elementwise max of all; no views: centre."""
-    if not views:
-        return centre
-    stacked = torch.stack(list(views))  # (n, B, C)
-    if use_max:
-        return torch.maximum(centre, stacked.amax(0))
-    return torch.lerp(stacked.mean(0), centre, beta)
+from imagenette_sota.tta import TTASettings, tta_predict
 
 
 class TTAPredictor(L.LightningModule):
-    """``predict_step``: TTA and plain (centre-view) probabilities and the targets of one raw ``(x, y)`` batch."""
+    """``predict_step``: TTA and plain (centre-view) probabilities and the targets of one raw ``(x, y)`` batch.
+
+    The data module is not given to ``trainer.predict``: its ``on_after_batch_transfer`` would turn every batch into
+    the centre view first. The predictor asks it for the raw loader itself.
+    """
 
     def __init__(self, model: nn.Module, data: L.LightningDataModule, settings: TTASettings = TTASettings()) -> None:
         """Args:
         model: maps normalized images to logits.
-        data: provides predict_dataloader(), val_transform(x) and train_transform(x) (see the module doc).
+        data: provides predict_dataloader(), val_transform(x) and train_transform(x, generator); with
+            tta_dataloader(n, seed) each augmented view also starts from its own presize crop, as in fastai's tta.
         settings: the views and how they combine.
         """
         super().__init__()
@@ -112,42 +55,24 @@ class TTAPredictor(L.LightningModule):
     @property
     def redraws_crops(self) -> bool:
         """Whether each augmented view starts from its own presize crop (the data module has ``tta_dataloader``)."""
-        settings = self.settings
-        return settings.mode == "augment" and settings.n > 0 and hasattr(self.data, "tta_dataloader")
+        return self.settings.crops > 0 and hasattr(self.data, "tta_dataloader")
 
     def predict_dataloader(self) -> Any:
-        """The data module's raw predict batches; Lightning splits them across ranks without repeats."""
+        """The data module's raw predict batches; Lightning splits them across ranks without repeats or padding."""
         if self.redraws_crops:
             return self.data.tta_dataloader(self.settings.n, self.settings.seed)
         return self.data.predict_dataloader()
 
-    def views(self, x: Tensor, generator: Generators = None) -> Iterator[Tensor]:
-        """The extra views of a raw batch (B, 3, P, P), or (B, 1 + n, 3, P, P) with a crop per view, normalized.
-
-        ``generator``: one for the batch, or one per sample (its draws then do not depend on the rest of the batch).
-        """
-        settings = self.settings
-        if settings.mode == "augment":
-            for view in range(settings.n):
-                yield self.data.train_transform(x[:, 1 + view] if x.ndim == 5 else x, generator)
-        elif settings.mode == "flip":
-            yield self.data.val_transform(x.flip(-1))
-        else:
-            side = round(settings.crop * min(x.shape[-2:]))
-            yield from (self.data.val_transform(c) for c in five_crop(x, [side, side]))
-
     def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
-        """{"probs": TTA probabilities, "plain": centre-view probabilities, "targets": labels}."""
+        """{"probs": TTA probabilities, "plain": centre-view probabilities, "targets": labels}.
+
+        The augmentation draws from a host generator seeded by (seed, rank, batch): runs repeat and take nothing
+        from the global RNG streams, but another number of ranks gives a sample other draws (the same in
+        distribution; plain, flip and five-crop predictions match exactly).
+        """
         x, y = batch
         generator = seeds.generator(seeds.derive(self.settings.seed, seeds.AUGMENT, self.global_rank, batch_idx))
-        return self.predict(x, generator) | {"targets": y}
-
-    def predict(self, x: Tensor, generator: Generators = None) -> dict[str, Tensor]:
-        """{"probs": TTA probabilities, "plain": centre-view probabilities} of a raw batch (see ``views``)."""
-        plain = self.model(self.data.val_transform(x[:, 0] if x.ndim == 5 else x)).float().softmax(1)
-        settings = self.settings
-        views = [self.model(v).float().softmax(1) for v in self.views(x, generator)]
-        return {"probs": combine(plain, views, settings.beta, settings.use_max), "plain": plain}
+        return tta_predict(self.model, self.data, self.settings, x, generator) | {"targets": y}
 
 
 def gather_in_order(strategy: Strategy, size: int, indices: Tensor, values: Tensor) -> Tensor:
@@ -203,7 +128,9 @@ def tta(
 ) -> tuple[Tensor, Tensor]:
     """TTA probabilities (N, C) and targets (N,) of the predict set in dataset order; logs TTA and plain accuracy.
 
-    Runs ``trainer.predict`` on a ``TTAPredictor`` (any strategy, ddp_spawn too).
+    Runs ``trainer.predict`` on a ``TTAPredictor`` (any strategy). Under ddp_spawn the ranks are other processes:
+    the data module's state from a fit there (progressive sizes, batch statistics) stays in them, so restore it from
+    the checkpoint or use strategy="ddp".
     """
     predictor = TTAPredictor(model, datamodule, settings)
     with tempfile.TemporaryDirectory() as tmp:

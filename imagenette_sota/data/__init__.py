@@ -1,4 +1,5 @@
-"""The way an image travels: catalog -> download -> folders -> split -> dataset (or cache) -> augment -> normalization.
+"""The way an image travels: catalog -> download -> folders -> split -> source (release or folder, cache) -> dataset
+-> transforms (augment + normalization) -> the data module (sizes, loaders, state).
 
 ``ImagenetteDataModule`` (``datamodule.py``) is the only Lightning piece; it is imported on first use, so the pure
 pieces (``augment``, ``normalization``, ``dataset``) load without Lightning, in DataLoader workers too.

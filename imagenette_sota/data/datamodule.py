@@ -1,42 +1,37 @@
-"""ImagenetteDataModule: download, verify, extract, presize on the CPU, augment whole batches on the device."""
+"""ImagenetteDataModule: the sizes, loaders and checkpointed state of training on Imagenette-style images.
+
+It delegates where the images come from to an ``ImageSource`` and what happens to a batch on the device to
+``BatchTransforms``; the one Lightning piece of the data pipeline.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import os
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from imagenette_sota import seeds
 from imagenette_sota.data import augment as aug
 from imagenette_sota.data.cache import CachedImages
-from imagenette_sota.data.cache import build as build_cache
-from imagenette_sota.data.catalog import RELEASES, class_names, human_names, release
-from imagenette_sota.data.dataset import (
-    NOISY_LEVELS,
-    CropViews,
-    PresizedImages,
-    SeededSampler,
-    collate_skipping,
-    relabel,
-)
-from imagenette_sota.data.defaults import check_sizes, decide_cache, loader_workers
-from imagenette_sota.data.download import archive_stem, fetch
-from imagenette_sota.data.folders import Items, Layout, class_folders, find_layout
-from imagenette_sota.data.normalization import Mode, Normalization
-from imagenette_sota.data.split import How, Split
-from imagenette_sota.data.transforms import BatchTransforms
+from imagenette_sota.data.dataset import CropViews, SeededSampler, collate_skipping, first_batch
+from imagenette_sota.data.defaults import check_sizes, loader_workers
+from imagenette_sota.data.normalization import Normalization, Statistics
+from imagenette_sota.data.source import ImageDataset, ImageSource
+from imagenette_sota.data.split import How
+from imagenette_sota.data.transforms import BatchTransforms, augment_generator
 
 log = logging.getLogger(__name__)
 
 
-class ImagenetteDataModule(BatchTransforms, L.LightningDataModule):
+class ImagenetteDataModule(L.LightningDataModule):
     """Imagenette / Imagewoof with CPU presizing and one-resample batch augmentation on the accelerator.
 
     ``train_size``, ``val_size`` and ``batch_size`` are public and may change between epochs (progressive
@@ -57,7 +52,7 @@ class ImagenetteDataModule(BatchTransforms, L.LightningDataModule):
         num_workers: int | None = None,
         noisy_labels: Literal[0, 1, 5, 25, 50] = 0,
         augment: aug.Augment | None = aug.Augment(),
-        normalize: Mode = "imagenet",
+        normalize: Statistics = "imagenet",
         skip_bad_images: bool = False,
         cache: bool | None = None,
         split: How = "folders",
@@ -88,124 +83,97 @@ class ImagenetteDataModule(BatchTransforms, L.LightningDataModule):
         split_seed: seed of the random split, apart from the run's seed: the same split whatever the run.
         """
         super().__init__()
-        check_sizes(
-            presize=presize,
-            train_size=train_size,
-            val_size=val_size,
-            batch_size=batch_size,
-            val_batch_size=val_batch_size,
-            num_workers=num_workers,
+        sizes = dict(presize=presize, train_size=train_size, val_size=val_size, batch_size=batch_size)
+        check_sizes(**sizes, val_batch_size=val_batch_size, num_workers=num_workers)
+        self.images = ImageSource(
+            dataset,
+            root,
+            url,
+            md5,
+            noisy_labels=noisy_labels,
+            skip_bad_images=skip_bad_images,
+            cache=cache,
+            split=split,
+            valid_pct=valid_pct,
+            split_seed=split_seed,
         )
-        if noisy_labels not in NOISY_LEVELS:
-            raise ValueError(f"noisy_labels={noisy_labels!r}: choose one of {NOISY_LEVELS} (percent of noisy labels)")
-        self.splitter = Split(split, valid_pct, split_seed)  # validates them; the split drawn is checkpointed
-        if noisy_labels and split == "random":
-            raise ValueError(f"noisy_labels={noisy_labels} follows the official split: use split='folders'")
         if (size := max(train_size, val_size or 0)) > presize:
             log.warning("images are presized to %d px, then upsampled to %d px: set presize >= %d", presize, size, size)
-        self.dataset, self.root, self.url, self.md5 = dataset, Path(root), url, md5
-        self.release = release(dataset)
         self.presize, self.train_size, self.val_size = presize, train_size, val_size
-        self.batch_size, self.val_batch_size = batch_size, val_batch_size
-        self.num_workers = num_workers  # None: default_workers, once the cache decision is known
-        self.noisy_labels, self.augment, self.normalize = noisy_labels, augment, normalize
-        self.skip_bad_images, self.cache = skip_bad_images, cache
-        self._cache_decided: bool | None = None  # what cache=None came to (rank 0's under DDP)
-        self._scanned: tuple[Items, Items] | None = None  # prepare_data's split, for the setup that follows
-        _ = self.layout  # refuse a root laid out in a way we cannot read now, before anything is downloaded
-        self.normalization = Normalization(normalize)  # validates ``normalize``; fit state is checkpointed
-        self.train_set: PresizedImages | CachedImages | None = None
-        self.val_set: PresizedImages | CachedImages | None = None
+        self.batch_size, self.val_batch_size, self.num_workers = batch_size, val_batch_size, num_workers
+        self.transforms = BatchTransforms(augment, Normalization(normalize))  # normalization state is checkpointed
+        self.train_set: ImageDataset | None = None
+        self.val_set: ImageDataset | None = None
+        self._draws = (-1, 0)  # (optimizer step, training batches augmented at that step so far)
 
-    # --- where the data is -------------------------------------------------------------------------------
+    # --- the image source's facts, read here -------------------------------------------------------------
     @property
-    def source(self) -> str:
-        """The archive's URL or local path."""
-        return self.url or self.release.url
+    def root(self) -> Path:
+        """The data root (``ImageSource.root``)."""
+        return self.images.root
 
-    @property
-    def layout(self) -> Layout | None:
-        """How ``root`` holds the images: "split" (train/, val/), "classes" (no split) or None (to download)."""
-        return find_layout(self.root, {*RELEASES, *([archive_stem(self.url)] if self.url else [])})
+    @root.setter
+    def root(self, root: str | Path) -> None:
+        self.images.root = Path(root)
 
     @property
     def data_dir(self) -> Path:
-        """The dataset folder: ``root`` itself, or the release extracted under it (holding train/ and val/)."""
-        return self.root if self.layout else self.root / archive_stem(self.source)
+        """The dataset folder (``ImageSource.data_dir``)."""
+        return self.images.data_dir
 
     @property
     def classes(self) -> list[str]:
-        """Class folder names, sorted: from the folders once there, else the release's wnids."""
-        folder = self.data_dir if self.layout == "classes" else self.data_dir / "train"
-        return class_folders(folder) if folder.is_dir() else list(class_names(self.dataset))
+        """Class folder names, sorted."""
+        return self.images.classes
 
     @property
     def class_names(self) -> list[str]:
-        """Human-readable class names in label order: the folder names, or the official releases' names."""
-        return human_names(self.classes)
+        """Human-readable class names in label order."""
+        return self.images.class_names
 
     @property
     def num_classes(self) -> int:
         """Number of classes, derived from the folders (or the release before download)."""
-        return len(self.classes)
+        return self.images.num_classes
 
-    def prepare_data(self) -> None:
-        """Download, verify and extract once (rank 0), and fill the presized cache if asked."""
-        if not self.data_dir.is_dir():
-            fetch(self.source, self.root, self.release.checks() if self.url is None else {"md5": self.md5})
-        if self.cache is not False:
-            splits = self._scanned = self.splitter(self.data_dir, self.layout or "split", self.classes)
-            if self.use_cache(sum(map(len, splits))):
-                for split, items in zip(("train", "val"), splits, strict=True):
-                    self._cached_pixels(split, items)
+    @property
+    def augment(self) -> aug.Augment | None:
+        """Training augmentation (None: resize only)."""
+        return self.transforms.augment
 
-    def use_cache(self, images: int, agree: bool = False) -> bool:
-        """``cache``, or with None whether ``images`` presized fit comfortably (``agree``: rank 0 decides for all)."""
-        if self.cache is not None:
-            return self.cache
-        if self._cache_decided is None:
-            self._cache_decided = decide_cache(images, self.presize, self.data_dir)
-        if agree and self.trainer is not None and self.trainer.world_size > 1:
-            self._cache_decided = self.trainer.strategy.broadcast(self._cache_decided, src=0)
-        return self._cache_decided
-
-    def _cached_pixels(self, split: str, items: Items) -> Path:
-        workers = (os.cpu_count() or 1) if self.num_workers is None else self.num_workers  # the build: every core
-        folder = self.data_dir / ".presized" / split
-        return build_cache(items, self.presize, folder, num_workers=workers, skip_bad=self.skip_bad_images)
+    @property
+    def normalization(self) -> Normalization:
+        """The statistics every batch is normalized with."""
+        return self.transforms.normalization
 
     # --- datasets and loaders ----------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        """Download, verify and extract once (rank 0), and fill the presized cache if it is on."""
+        self.images.prepare(self.presize, self.num_workers)
+
     def setup(self, stage: str | None = None) -> None:
-        """Index the images, split them (and read the noisy labels if asked)."""
+        """Build the datasets; under DDP check that every rank holds out rank 0's images."""
         if not self.data_dir.is_dir():
             raise FileNotFoundError(
                 f"{self.data_dir} does not exist: call prepare_data() (the Trainer does) or point root at it"
             )
         self._build()
         if self.trainer is not None and self.trainer.world_size > 1:
-            self.splitter.check_ranks_agree(self.trainer.strategy.broadcast, self.trainer.global_rank, self.data_dir)
+            self.images.splitter.check_ranks_agree(
+                self.trainer.strategy.broadcast, self.trainer.global_rank, self.data_dir
+            )
         if stage == "fit":
             self.fit_normalization()  # "batch" statistics before the sanity check validates with them
 
     def _build(self) -> None:
-        # The scan prepare_data just made in this process (its skipped-files warning once), else a new one.
-        train_items, val_items = self._scanned or self.splitter(self.data_dir, self.layout or "split", self.classes)
-        self._scanned = None
-        if self.noisy_labels:
-            train_items = relabel(train_items, self.data_dir, self.classes, self.noisy_labels)
-        cached = self.use_cache(len(train_items) + len(val_items), agree=True)
-        self.train_set = self._images("train", train_items, cached)
-        self.val_set = self._images("val", val_items, cached)
+        distributed = self.trainer is not None and self.trainer.world_size > 1
+        broadcast = self.trainer.strategy.broadcast if distributed else None  # rank 0 decides the cache for all
+        self.train_set, self.val_set = self.images.datasets(self.presize, self.num_workers, broadcast)
         if len(self.train_set) < self.batch_size:
             raise ValueError(
                 f"batch_size={self.batch_size} is more than the {len(self.train_set)} training images (the last "
                 "partial batch is dropped, so an epoch would be empty): use a smaller batch_size"
             )
-
-    def _images(self, split: str, items: Items, cached: bool) -> PresizedImages | CachedImages:
-        if cached:
-            return CachedImages(self._cached_pixels(split, items), items, train=split == "train")
-        return PresizedImages(items, self.presize, train=split == "train", skip_bad_images=self.skip_bad_images)
 
     def _loader(self, dataset: Dataset | None, batch_size: int, train: bool) -> DataLoader:
         if dataset is None:
@@ -259,15 +227,43 @@ class ImagenetteDataModule(BatchTransforms, L.LightningDataModule):
             raise RuntimeError("call setup() before asking for a dataloader")
         return self._loader(CropViews(self.val_set, n, seed), self.eval_batch_size, train=False)
 
+    # --- what the network sees ---------------------------------------------------------------------------
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> tuple[Tensor, Tensor]:
+        """Training batches get ``train_transform`` (seeded by their position in training), others ``val_transform``."""
+        x, y = batch
+        if self.trainer is None or not self.trainer.training:
+            return self.val_transform(x), y
+        step = self.trainer.global_step
+        self._draws = (step, self._draws[1] + 1 if self._draws[0] == step else 0)  # > 0 only when accumulating
+        return self.train_transform(x, augment_generator(self.trainer.global_rank, step, self._draws[1])), y
+
+    def train_transform(self, x: Tensor, generator: aug.Generators = None) -> Tensor:
+        """uint8 presized batch -> augmented, normalized float batch at ``train_size`` (``BatchTransforms.train``)."""
+        reduce = None if self.trainer is None else partial(self.trainer.strategy.reduce, reduce_op="mean")
+        return self.transforms.train(x, self.train_size, generator, reduce)
+
+    def val_transform(self, x: Tensor) -> Tensor:
+        """uint8 presized batch -> centre view at ``val_size`` (None: ``train_size``), normalized; no randomness."""
+        return self.transforms.val(x, self.val_size or self.train_size)
+
+    def fit_normalization(self) -> None:
+        """Fit "batch" statistics now, as fastai's ``Normalize.setups`` does, before any validation uses them.
+
+        From the very batch training starts with (its samples, crops and augmentation at step 0), so the statistics
+        are those training would fit, and the sanity check validates with them.
+        """
+        if self.normalization.fitted or self.trainer is None:
+            return
+        x = first_batch(self.train_set, self.batch_size, self.trainer.world_size, self.trainer.global_rank)
+        self.train_transform(x.to(self.trainer.strategy.root_device), augment_generator(self.trainer.global_rank, 0, 0))
+
     # --- checkpoints -------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """What a resumed run restores (sizes, batch size, statistics, split, classes); inference reads it too."""
         return {
-            "split": self.splitter.state_dict(),
-            "classes": self.classes,
-            "class_names": self.class_names,
+            **self.images.state_dict(),
             "presize": self.presize,
-            "normalize": self.normalize,
+            "normalize": self.normalization.statistics,
             "augment": None if self.augment is None else dataclasses.asdict(self.augment),
             "train_size": self.train_size,
             "val_size": self.val_size,
@@ -279,7 +275,5 @@ class ImagenetteDataModule(BatchTransforms, L.LightningDataModule):
         """Restore what ``state_dict`` saved."""
         self.train_size, self.val_size, self.batch_size = (state[k] for k in ("train_size", "val_size", "batch_size"))
         self.normalization.load_state_dict(state)
-        if state.get("split") is not None:  # checkpoints from before the split was recorded have none
-            self.splitter.load_state_dict(state["split"], self.layout)
-            if self.train_set is not None:  # already set up (Lightning restores after setup): split again
-                self._build()
+        if self.images.load_state_dict(state) and self.train_set is not None:  # set up already: split again
+            self._build()

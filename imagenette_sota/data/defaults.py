@@ -1,8 +1,8 @@
 """The data module's size checks and machine-dependent defaults: the decode-once cache, loader workers.
 
-Why these rules (README, Results): on these 2-core CPUs the model trains at ~57 images/s while the uncached loader
-delivers ~825 (2 workers) and the cached one ~1,739 images/s in one process, so on the CPU the loader only has
-to stay out of the training threads' way; on an accelerator the model is far faster and wants every core.
+Why these rules (measured in docs/results.md): on the CPU the model trains many times slower than even the uncached
+loader delivers, so the loader only has to stay out of the training threads' way; on an accelerator the model is far
+faster and wants every core.
 """
 
 from __future__ import annotations
@@ -83,8 +83,7 @@ def predict_workers(files: int, batch_size: int, accelerated: bool, cores: int |
     few batches on.
 
     On the CPU the network's threads use every core and an image decodes in a fraction of its forward pass; worker
-    processes beside those threads slow both (README, "Use a trained model": xresnet18 at 64 px on 2 cores classified
-    641 images/s decoding inline, 570 with 2 workers).
+    processes beside those threads slow both (docs/results.md).
     """
     if not accelerated or files <= 4 * batch_size:  # starting processes pays off only over a few batches
         return 0

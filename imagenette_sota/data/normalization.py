@@ -1,13 +1,13 @@
 """Normalization: per-channel statistics that turn images in [0, 1] into the network's inputs, and back for pictures.
 
-Pure torch, no Lightning: the data module normalizes every batch with one, Inspection undoes it to draw images.
+Pure torch, no Lightning: the data module's batch transforms normalize with one, Inspection undoes it to draw images.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor
@@ -17,7 +17,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 log = logging.getLogger(__name__)
 
-Mode = Literal["imagenet", "batch", "none"]
+Statistics = Literal["imagenet", "batch", "none"]  # which statistics normalize: ImageNet's, a batch's, none
 
 
 def normalize(x: Tensor, mean: Tensor | tuple[float, ...], std: Tensor | tuple[float, ...]) -> Tensor:
@@ -34,17 +34,17 @@ class Normalization:
     per batch would be a host-to-device transfer every step).
     """
 
-    def __init__(self, mode: Mode = "imagenet") -> None:
-        if mode not in ("imagenet", "batch", "none"):
-            raise ValueError(f"normalize={mode!r}: choose 'imagenet', 'batch' or 'none'")
-        self.mode = mode
+    def __init__(self, statistics: Statistics = "imagenet") -> None:
+        if statistics not in get_args(Statistics):
+            raise ValueError(f"normalize={statistics!r}: choose 'imagenet', 'batch' or 'none'")
+        self.statistics = statistics
         self.mean, self.std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
-        self.fitted = mode != "batch"  # "batch": fit from the first batch normalized
+        self.fitted = statistics != "batch"  # "batch": fit from the first batch normalized
         self._device_copy: tuple[Tensor, Tensor, Tensor, Tensor] | None = None  # (mean, std, on device, on device)
 
     def __call__(self, x: Tensor) -> Tensor:
-        """Normalize a float batch in [0, 1] (unchanged with mode "none")."""
-        return x if self.mode == "none" else normalize(x, *self.on(x.device))
+        """Normalize a float batch in [0, 1] (unchanged with statistics "none")."""
+        return x if self.statistics == "none" else normalize(x, *self.on(x.device))
 
     def fit(self, x: Tensor, reduce: Callable[[Tensor], Tensor] | None = None) -> None:
         """Per-channel mean and std of the float batch ``x``, used from then on; ``reduce`` makes ranks agree."""
@@ -63,7 +63,7 @@ class Normalization:
 
     def inverse(self, x: Tensor) -> Tensor:
         """Normalized images -> float images in [0, 1] (for pictures)."""
-        if self.mode == "none":
+        if self.statistics == "none":
             return x.float().clamp(0, 1)
         mean, std = (t.to(x.device, torch.float32).view(1, -1, 1, 1) for t in (self.mean, self.std))
         return (x.float() * std + mean).clamp(0, 1)
