@@ -96,9 +96,9 @@ class ImagenetteClassifier(L.LightningModule):
         mixup_alpha: Beta(alpha, alpha) of mixup in training (0: off; fastai uses 0.4).
         cutmix_alpha: Beta(alpha, alpha) of cutmix in training (0: off; fastai uses 1.0). Not with mixup.
         channels_last: NHWC memory format for model and inputs: faster than NCHW on the CPU and the layout of
-            tensor cores under AMP (benchmarks/fast_paths.py compares them).
+            tensor cores under AMP (benchmarks/fast_paths/ compares them).
         compile: torch.compile the backbone: for GPUs; slower on the CPU even after compiling, and each new
-            image size compiles again (benchmarks/fast_paths.py).
+            image size compiles again (benchmarks/fast_paths/).
         """
         super().__init__()
         check_numbers(

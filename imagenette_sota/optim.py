@@ -36,7 +36,7 @@ def adam(
     """
     groups = list(params)
     tensors = [p for g in groups for p in (g["params"] if isinstance(g, dict) else [g])]
-    # The fused kernel is the fastest AdamW step where it exists (benchmarks/fast_paths.py); elsewhere torch chooses.
+    # The fused kernel is the fastest AdamW step where it exists (benchmarks/fast_paths/); elsewhere torch chooses.
     fused = all(p.device.type in FUSED_DEVICES for p in tensors) or None
     return torch.optim.AdamW(groups, lr=lr, betas=(mom, sqr_mom), eps=eps, fused=fused)
 

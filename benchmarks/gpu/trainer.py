@@ -1,4 +1,4 @@
-"""The run's Lightning Trainer: benchmarks.common's quiet one, on this device, in bf16 (``--fp32``: fp32)."""
+"""The run's Lightning Trainer: imagenette_sota.quiet's, on this device, in bf16 (``--fp32``: fp32)."""
 
 from __future__ import annotations
 
