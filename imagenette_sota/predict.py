@@ -131,7 +131,7 @@ class Predictor:
         ``train_transform``). classes, class_names: ids and human names in label order.
         device: where the network runs (None: CUDA if available, else CPU). tta: None, "flip", "five_crop" or
         "augment" (the TTA code with fastai's defaults), or TTASettings. precision: "32", or "bf16" (the network
-        under bf16 autocast: faster on GPUs and on CPUs with bf16 units; probabilities to about 1e-2).
+        under bf16 autocast: faster on GPUs and on CPUs with bf16 units; probabilities close to fp32's).
         """
         if precision not in get_args(Precision):
             raise ValueError(f"precision={precision!r}: choose one of {get_args(Precision)}")

@@ -176,7 +176,7 @@ def resize(x: Tensor, size: int | tuple[int, int]) -> Tensor:
     # transform traces into torch.export / ONNX graphs (imagenette_sota.export) with a dynamic batch.
     x = area_average(x, max(int(min(x.shape[-1] / hw[1], x.shape[-2] / hw[0])), 1))
     # No antialias beyond that: training images come from a plain bilinear resample, and validating on smoother
-    # images than the network trained on cost 2.7 points on the CPU proxy (74.8 % -> 77.5 %, benchmarks/cpu_proxy.py).
+    # images than the network trained on costs accuracy (docs/results.md, the CPU proxy's validation resize).
     return F.interpolate(x, size=hw, mode="bilinear", align_corners=False, antialias=False)
 
 
