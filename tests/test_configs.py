@@ -45,7 +45,7 @@ BASE = {
     name: "book" for name in ("baseline", "normalize", "progressive", "mixup", "label_smoothing", "book_random_split")
 }
 BASE |= {f"leaderboard_128_{epochs}": "leaderboard" for epochs in (5, 20, 80)}
-# The CPU proxy's recipe (README, Results): xresnet18, presize 128, 64 px, batch 64, one-cycle at 3e-3.
+# The CPU proxy's recipe (docs/results.md, the CPU proxy): xresnet18, presize 128, 64 px, batch 64, one-cycle at 3e-3.
 CPU_PROXY = {
     "model.backbone": "imagenette_sota.models.xresnet18",
     "model.cycle.lr_max": 3e-3,
@@ -105,14 +105,14 @@ FACTS: dict[str, dict[str, Any]] = {
         },
         "data.val_size": 64,
         "final_tta.mode": "flip",
-        "trainer.precision": "bf16-mixed",  # measured on a CPU with bf16 units (README "Time to 80%")
+        "trainer.precision": "bf16-mixed",  # the speedrun in bf16 (docs/results.md, CPU time to 80%)
     },
     "gpu_time_to_90": {
         "model.backbone": "imagenette_sota.models.xresnet50",
         "model.cycle.lr_max": 8e-3,
         "model.label_smoothing": 0.1,
         "data.presize": 160,
-        "data.val_size": 160,  # FixRes: measured on an H200 (README "GPU")
+        "data.val_size": 160,  # FixRes (docs/results.md, GPU)
         "data.batch_size": 256,
         "data.augment.min_scale": 0.35,
         "trainer.max_epochs": 40,
