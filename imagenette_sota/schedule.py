@@ -131,3 +131,8 @@ def steps_per_epoch(
     batches = samples // batch_size if drop_last else math.ceil(samples / batch_size)
     batches = min(batches, limit_batches) if isinstance(limit_batches, int) else int(batches * limit_batches)
     return math.ceil(batches / accumulate)
+
+
+def within_max_steps(steps: int, max_steps: int, global_step: int) -> int:
+    """``steps`` from ``global_step`` on, cut where a Trainer's ``max_steps`` (-1: none) ends the fit mid-epoch."""
+    return steps if max_steps < 0 else max(0, min(steps, max_steps - global_step))

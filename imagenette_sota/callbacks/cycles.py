@@ -33,7 +33,7 @@ from lightning.pytorch.callbacks import Callback
 from torch.optim.lr_scheduler import OneCycleLR
 
 from imagenette_sota.callbacks.progressive import ProgressiveResize, epoch_steps
-from imagenette_sota.schedule import Cycle, FineTune, one_cycle
+from imagenette_sota.schedule import Cycle, FineTune, one_cycle, within_max_steps
 
 
 class OneCycles(Callback):
@@ -107,6 +107,7 @@ class OneCycles(Callback):
         resize = next((c for c in trainer.callbacks if isinstance(c, ProgressiveResize)), None)
         batch_sizes = [resize.batch_size_at(e) if resize else None for e in range(epoch, end)]
         steps = sum(epoch_steps(trainer, batch_size) for batch_size in batch_sizes)
+        steps = within_max_steps(steps, trainer.max_steps, trainer.global_step)  # a budget's last epoch stops early
         optimizer = trainer.optimizers[0]
         if epoch in self.clears:
             # fastai's opt.clear_state(): moments and step counts start again (LookAhead: its slow weights too)

@@ -53,7 +53,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
-from imagenette_sota.schedule import steps_per_epoch
+from imagenette_sota.schedule import steps_per_epoch, within_max_steps
 
 
 @dataclass(frozen=True)
@@ -187,7 +187,8 @@ class ProgressiveResize(Callback):
         own_cycles = any(isinstance(callback, OneCycles) for callback in trainer.callbacks)
         if self._batch_sizes_change() and not own_cycles and (trainer.max_epochs or -1) >= 0:
             epochs = range(trainer.current_epoch, trainer.max_epochs)
-            self._check_room(trainer, sum(epoch_steps(trainer, self.batch_size_at(e)) for e in epochs), "this fit")
+            steps = sum(epoch_steps(trainer, self.batch_size_at(e)) for e in epochs)
+            self._check_room(trainer, within_max_steps(steps, trainer.max_steps, trainer.global_step), "this fit")
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
@@ -195,7 +196,10 @@ class ProgressiveResize(Callback):
         """Before an epoch's first step: refuse a step scheduler without room for the epoch (see the module doc)."""
         if batch_idx == 0 and self._batch_sizes_change():
             epoch = trainer.current_epoch
-            self._check_room(trainer, epoch_steps(trainer, self.batch_size_at(epoch)), f"epoch {epoch}")
+            steps = within_max_steps(
+                epoch_steps(trainer, self.batch_size_at(epoch)), trainer.max_steps, trainer.global_step
+            )
+            self._check_room(trainer, steps, f"epoch {epoch}")
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Size the next epoch's data now: Lightning builds its train loader before its epoch-start hooks."""
