@@ -59,6 +59,8 @@ def tta_passes(settings: TTASettings | None) -> int:
 class TimeBudget(Callback):
     """Plans the fit to end within ``budget`` and re-times it as speeds are measured (see the module doc)."""
 
+    clock = staticmethod(time.perf_counter)  # seconds; a test may give an instance a clock of its own
+
     def __init__(
         self,
         budget: str | float,
@@ -86,7 +88,7 @@ class TimeBudget(Callback):
             margin,
             final_tta,
         )
-        self.started: float | None = None  # time.perf_counter() at the clock's start
+        self.started: float | None = None  # self.clock() at the clock's start
         self.spent_before = 0.0  # seconds spent by the earlier runs of a resumed fit
         self.nominal_epochs = 0  # the configured max_epochs: the shape the plan scales
         self.plan: Plan | None = None
@@ -101,11 +103,11 @@ class TimeBudget(Callback):
     # --- the clock -----------------------------------------------------------------------------------------
     def start(self) -> None:
         """Start the clock now (the CLI calls it when ``fit`` is called); else it starts at ``setup``."""
-        self.started = time.perf_counter()
+        self.started = self.clock()
 
     def elapsed(self) -> float:
         """Seconds of the budget spent: this run's since the clock started, and those of the runs it resumes."""
-        return self.spent_before + (time.perf_counter() - self.started if self.started is not None else 0.0)
+        return self.spent_before + (self.clock() - self.started if self.started is not None else 0.0)
 
     # --- hooks ---------------------------------------------------------------------------------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -132,16 +134,20 @@ class TimeBudget(Callback):
         """A resumed fit: apply its plan (the running cycle's state comes back with the scheduler's)."""
         self._session = {"step": trainer.global_step, "seen": set(), "rough": set()}
         if self.plan is not None and not trainer.fast_dev_run:
-            self._apply(trainer, self.plan, None)
+            # max_steps waits for on_train_start: set while Lightning restores the loops, it would make them
+            # iteration-based, and the epoch the checkpoint was saved at the end of would end a second time.
+            self._apply(trainer, self.plan, None, max_steps=False)
             rank_zero_info(
-                f"TimeBudget: resumed at step {trainer.global_step}, {self.spent_before:.1f} s of the budget spent; "
-                f"the plan: {self.plan.steps} steps in {self.plan.epochs} epochs"
+                f"TimeBudget: resumed with {self.spent_before:.1f} s of the budget spent; the plan goes on: "
+                f"{self.plan.steps} steps in {self.plan.timeline.end:.2f} epochs"
             )
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Refuse a learning-rate schedule the budget cannot end on time."""
+        """Refuse a learning-rate schedule the budget cannot end on time; a resumed plan's steps end the fit."""
         if trainer.fast_dev_run:
             return
+        if self.plan is not None:
+            trainer.fit_loop.epoch_loop.max_steps = self.plan.steps
         configs = trainer.lr_scheduler_configs
         if not configs:
             rank_zero_info("TimeBudget: no learning-rate scheduler: the budget times the fit's steps only")
@@ -157,7 +163,7 @@ class TimeBudget(Callback):
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Start the epoch's measurements; the last epoch's time after its validation is an overhead."""
-        now, session = time.perf_counter(), self._session
+        now, session = self.clock(), self._session
         if "last_end" in session:
             self.epoch_s["end"] = max(0.0, now - session["last_end"] - session.get("val", 0.0))
         size, batch = self._shape(trainer, self._nominal_epoch(trainer.current_epoch))
@@ -190,14 +196,14 @@ class TimeBudget(Callback):
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Time the fit's validations (not the sanity check)."""
-        self._session["val_start"] = time.perf_counter()
+        self._session["val_start"] = self.clock()
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Record the validation's seconds by its image size."""
         start = self._session.pop("val_start", None)
         if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING or start is None:
             return
-        seconds = time.perf_counter() - start
+        seconds = self.clock() - start
         self._session["val"] = self._session.get("val", 0.0) + seconds
         self.val_s[self._val_work(trainer, self._nominal_epoch(trainer.current_epoch))] = seconds
 
@@ -234,7 +240,7 @@ class TimeBudget(Callback):
     # --- measuring -----------------------------------------------------------------------------------------
     def _measure(self, trainer: L.Trainer, batch_idx: int) -> None:
         """Batch-to-batch seconds after the warm-ups; the epoch's first batch goes to its start overhead."""
-        now, session = time.perf_counter(), self._session
+        now, session = self.clock(), self._session
         work = session["work"]
         if batch_idx == 0:
             session["first_end"] = now
@@ -333,13 +339,14 @@ class TimeBudget(Callback):
         self._apply(trainer, new, done)
         self._report(trainer, new, previous, epoch)
 
-    def _apply(self, trainer: L.Trainer, new: Plan, done: int | None) -> None:
+    def _apply(self, trainer: L.Trainer, new: Plan, done: int | None, max_steps: bool = True) -> None:
         """The plan's length to the Trainer, its timeline to the stages and cycles; stretch the running cycle.
 
         ``done``: optimizer steps into the current epoch (None: leave the running cycle as it is).
         """
         trainer.fit_loop.max_epochs = new.epochs
-        trainer.fit_loop.epoch_loop.max_steps = new.steps
+        if max_steps:
+            trainer.fit_loop.epoch_loop.max_steps = new.steps
         starts = self._retime_callbacks(trainer, new)
         configs = trainer.lr_scheduler_configs
         if done is not None and configs and isinstance(configs[0].scheduler, OneCycleLR):
