@@ -82,12 +82,8 @@ class TimeBudget(Callback):
             measure_steps=(measure_steps, "an integer >= 1", isinstance(measure_steps, int) and measure_steps >= 1),
             margin=(margin, "in [0, 0.5)", 0 <= margin < 0.5),
         )
-        self.warmup_steps, self.measure_steps, self.margin, self.final_tta = (
-            warmup_steps,
-            measure_steps,
-            margin,
-            final_tta,
-        )
+        self.warmup_steps, self.measure_steps = warmup_steps, measure_steps
+        self.margin, self.final_tta = margin, final_tta
         self.started: float | None = None  # self.clock() at the clock's start
         self.spent_before = 0.0  # seconds spent by the earlier runs of a resumed fit
         self.nominal_epochs = 0  # the configured max_epochs: the shape the plan scales
@@ -239,12 +235,10 @@ class TimeBudget(Callback):
 
     # --- measuring -----------------------------------------------------------------------------------------
     def _measure(self, trainer: L.Trainer, batch_idx: int) -> None:
-        """Batch-to-batch seconds after the warm-ups; the epoch's first batch goes to its start overhead."""
+        """Batch-to-batch seconds after the warm-ups; what else the epoch's training took is its start overhead."""
         now, session = self.clock(), self._session
         work = session["work"]
-        if batch_idx == 0:
-            session["first_end"] = now
-        elif session["last"] is not None:
+        if batch_idx > 0 and session["last"] is not None:  # the first batch's time includes the loader's start
             if work not in session["seen"]:
                 session["seen"].add(work)
                 session["warm"] = 0
