@@ -6,6 +6,7 @@ The budgets are seconds on shared cores: a fit must end within 5 % of its budget
 
 from __future__ import annotations
 
+import csv
 import logging
 import time
 from functools import partial
@@ -17,6 +18,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback, EMAWeightAveraging, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 from torch.optim.lr_scheduler import CosineAnnealingLR, OneCycleLR
 from torch.utils.data import DataLoader, TensorDataset
@@ -207,9 +209,9 @@ def loaders() -> tuple[DataLoader, DataLoader]:
     return DataLoader(data, batch_size=16), DataLoader(data, batch_size=80)
 
 
-def test_a_foreign_module_s_one_cycle_lr_ends_on_time_and_annealed() -> None:
+def test_a_foreign_module_s_one_cycle_lr_ends_on_time_and_annealed(tmp_path: Path) -> None:
     budget, trace = TimeBudget(5, warmup_steps=2, measure_steps=3), Trace()
-    trainer = L.Trainer(max_epochs=3, callbacks=[budget, trace], **QUIET)
+    trainer = L.Trainer(max_epochs=3, callbacks=[budget, trace], **QUIET | {"logger": CSVLogger(tmp_path, "")})
     budget.start()
     trainer.fit(Foreign(), *loaders())
     _, end = trace.validated[-1]
@@ -221,6 +223,10 @@ def test_a_foreign_module_s_one_cycle_lr_ends_on_time_and_annealed() -> None:
     peak = lrs.index(max(lrs))
     assert max(lrs) == pytest.approx(0.1, rel=0.01) and 0 < peak < len(lrs) / 2
     assert lrs[: peak + 1] == sorted(lrs[: peak + 1]) and lrs[peak:] == sorted(lrs[peak:], reverse=True)
+    # Each plan went to the logger, at the step it was made.
+    rows = list(csv.DictReader((tmp_path / "version_0" / "metrics.csv").open()))
+    logged = [(int(r["step"]), float(r["budget/steps"])) for r in rows if r.get("budget/steps")]
+    assert logged == [(row["step"], row["steps"]) for row in budget.history]
 
 
 def test_a_schedule_the_budget_cannot_re_time_is_refused_at_the_start() -> None:
