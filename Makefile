@@ -7,6 +7,8 @@ DATA_URL ?=
 DATA_MD5 ?=
 # Extra CLI arguments for `make train`, e.g. ARGS="--trainer.max_epochs=2".
 ARGS ?=
+# A wall-clock budget for `make train` (90s, 5m, 1h): it decides the fit's length, ending with the lr annealed.
+BUDGET ?=
 DATA_ARGS := $(if $(DATA_URL),--data.url $(DATA_URL)) $(if $(DATA_MD5),--data.md5 $(DATA_MD5))
 
 .PHONY: help install install-bench test lint format train tensorboard bench gpu-data clean
@@ -45,8 +47,8 @@ format: install  ## ruff format + autofix
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-train: install  ## a short real training run on Imagenette-160 (CPU minutes), printing validation accuracy
-	$(BIN)/imagenette-sota fit --config configs/cpu_quick.yaml $(DATA_ARGS) $(ARGS)
+train: install  ## a short real training run on Imagenette-160 (CPU minutes; BUDGET=5m: that long), printing accuracy
+	$(BIN)/imagenette-sota fit --config configs/cpu_quick.yaml $(DATA_ARGS) $(if $(BUDGET),--budget $(BUDGET)) $(ARGS)
 
 tensorboard: install  ## browse the runs in lightning_logs/
 	$(BIN)/tensorboard --logdir lightning_logs

@@ -8,7 +8,8 @@ momentum per step), ``TrainScalars`` (image size, batch size, images/s) and ``In
 matrix, top losses), and times its one-cycles with ``OneCycles``; they are configured under the top-level keys
 ``lr_monitor``, ``train_scalars``, ``inspection`` and ``cycles``. Checkpoints are written atomically
 (``trainer.plugins``: ``AtomicCheckpointIO``) and loaded with ``weights_only=True``; one of another architecture or
-number of classes is refused with the mismatching shapes.
+number of classes is refused with the mismatching shapes. ``fit --budget 10m`` (a top-level key) ends the fit and its
+final TTA within that wall time (``TimeBudget``; ``max_epochs`` then gives the schedule's shape, not its length).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import Tensor
 
 from imagenette_sota import seeds
+from imagenette_sota.callbacks.budget import TimeBudget
 from imagenette_sota.callbacks.cycles import OneCycles
 from imagenette_sota.callbacks.inspection import Inspection
 from imagenette_sota.callbacks.scalars import TrainScalars
@@ -107,6 +109,13 @@ class ImagenetteCLI(LightningCLI):
             default=None,
             help="after fit: test-time augmentation of the final weights on the validation set (e.g. {mode: flip})",
         )
+        parser.add_argument(
+            "--budget",
+            type=str | float | None,
+            default=None,
+            help="fit: the wall time from fit's start to the final accuracy (90s, 10m, 1h); it decides the fit's "
+            "length, max_epochs its shape (imagenette_sota.callbacks.TimeBudget)",
+        )
         parser.set_defaults(
             {
                 "trainer.logger": {
@@ -141,7 +150,19 @@ class ImagenetteCLI(LightningCLI):
         trainer = super().instantiate_trainer(**kwargs)
         if not trainer.loggers:
             trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, LearningRateMonitor)]
+        config = self.config_init[self.subcommand] if self.subcommand else {}
+        if self.subcommand == "fit" and config.get("budget") is not None:  # a shared config's budget: fit's only
+            if any(isinstance(c, TimeBudget) for c in trainer.callbacks):
+                raise ValueError(f"budget={config['budget']!r} and a TimeBudget among the callbacks: give one budget")
+            trainer.callbacks.append(TimeBudget(config["budget"]))
+        for budget in (c for c in trainer.callbacks if isinstance(c, TimeBudget) and c.final_tta is None):
+            budget.final_tta = config.get("final_tta")  # what follows the fit is inside the budget
         return trainer
+
+    def before_fit(self) -> None:
+        """Start a budget's clock: data preparation (a first cache build) is inside it."""
+        for budget in (c for c in self.trainer.callbacks if isinstance(c, TimeBudget)):
+            budget.start()
 
     def after_fit(self) -> None:
         """Print the final validation metrics, the number a fit is run for; then the ``final_tta``, if configured."""

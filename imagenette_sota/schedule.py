@@ -148,3 +148,8 @@ def epoch_steps(trainer: L.Trainer, batch_size: int | None = None) -> int:
         limit_batches=trainer.limit_train_batches,
         accumulate=trainer.accumulate_grad_batches,
     )
+
+
+def within_max_steps(steps: int, max_steps: int, global_step: int) -> int:
+    """``steps`` from ``global_step`` on, cut where a Trainer's ``max_steps`` (-1: none) ends the fit mid-epoch."""
+    return steps if max_steps < 0 else max(0, min(steps, max_steps - global_step))

@@ -59,6 +59,11 @@ class TTASettings:
         """Presize crops per image besides the centre one: like fastai's, each augmented view starts from its own."""
         return self.n if self.mode == "augment" else 0
 
+    @property
+    def passes(self) -> int:
+        """Forward passes over the images: the centre view and the others."""
+        return 1 + {"augment": self.n, "flip": 1, "five_crop": 5}[self.mode]
+
 
 def combine(centre: Tensor, views: Sequence[Tensor], beta: float = 0.25, use_max: bool = False) -> Tensor:
     """fastai's TTA: beta * centre + (1 - beta) * mean(views), or the elementwise max of all; no views: centre."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -80,3 +81,19 @@ def test_shared_crop_draws_one_crop_per_batch_and_restores_per_sample_crops() ->
         assert len({round(float(v), 6) for v in flips[:, 0, 0].abs()}) > 1  # rotation and zoom stay per sample
     m = crop_only.matrices(8, generator=torch.Generator().manual_seed(0))
     assert not torch.equal(m, m[:1].expand_as(m))
+
+
+def test_budget_smoke_runs_both_sides_and_draws_the_figure(mini_archive: Path, tmp_path: Path) -> None:
+    png = tmp_path / "budget.png"
+    command = [sys.executable, "-m", "benchmarks.cpu_budget", "--smoke", "--plot", str(png)]
+    env = {**os.environ, "IMAGENETTE_BENCH_ROOT": str(tmp_path / "data"), "PYTHONPATH": str(REPO)}
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    (run,) = figures["runs"]
+    assert run["budget_s"] == 5 and {"ours", "ours_epochs", "fastai"} <= set(run)
+    assert run["ours"]["steps"] == run["ours"]["plans"][-1]["steps"] and run["ours"]["budget_used_s"] > 0
+    assert run["ours_epochs"]["epochs"] == max(1, round(run["ours"]["planned_epochs"]))
+    assert run["fastai"]["epochs"] == max(1, int(5 // run["fastai"]["measured_epoch_s"]))
+    assert all(0 <= run[side]["acc"] <= 1 for side in ("ours", "ours_epochs", "fastai"))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,5 +1,6 @@
 """Callbacks: whatever changes with the epoch or runs around training."""
 
+from imagenette_sota.callbacks.budget import TimeBudget
 from imagenette_sota.callbacks.cycles import OneCycles
 from imagenette_sota.callbacks.inspection import Inspection
 from imagenette_sota.callbacks.lr_finder import LRFinder
@@ -16,6 +17,7 @@ __all__ = [
     "Ramp",
     "Stage",
     "TTAPredictor",
+    "TimeBudget",
     "TrainScalars",
     "tta",
 ]

@@ -14,7 +14,7 @@ from lightning.pytorch.callbacks import Callback
 from torch.optim.lr_scheduler import OneCycleLR
 
 from imagenette_sota.callbacks.progressive import ProgressiveResize
-from imagenette_sota.schedule import Cycle, FineTune, epoch_steps, one_cycle
+from imagenette_sota.schedule import Cycle, FineTune, epoch_steps, one_cycle, within_max_steps
 
 
 class OneCycles(Callback):
@@ -94,6 +94,7 @@ class OneCycles(Callback):
         resize = next((c for c in trainer.callbacks if isinstance(c, ProgressiveResize)), None)
         epochs = range(epoch, end)
         steps = resize.steps(trainer, epochs) if resize else len(epochs) * epoch_steps(trainer)
+        steps = within_max_steps(steps, trainer.max_steps, trainer.global_step)  # a budget's last epoch stops early
         optimizer = trainer.optimizers[0]
         if epoch in self.clears:
             # fastai's opt.clear_state(): moments and step counts start again (LookAhead: its slow weights too)

@@ -17,7 +17,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
-from imagenette_sota.schedule import Cycle, epoch_steps
+from imagenette_sota.schedule import Cycle, epoch_steps, within_max_steps
 
 
 @runtime_checkable
@@ -194,7 +194,7 @@ class ProgressiveResize(Callback):
         starts = [c for c in trainer.callbacks if isinstance(c, StartsCycles)]
         epochs = range(trainer.current_epoch, trainer.max_epochs)
         end = next((e for e in epochs if any(c.cycle_at(e, pl_module) is not None for c in starts)), epochs.stop)
-        steps = self.steps(trainer, range(epochs.start, end))
+        steps = within_max_steps(self.steps(trainer, range(epochs.start, end)), trainer.max_steps, trainer.global_step)
         what = "this fit" if end == epochs.stop else f"epochs {epochs.start} to {end - 1} (until a new cycle)"
         for config in trainer.lr_scheduler_configs:
             total, done = getattr(config.scheduler, "total_steps", None), config.scheduler.last_epoch
