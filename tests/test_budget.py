@@ -23,6 +23,7 @@ from torch import nn
 from torch.optim.lr_scheduler import CosineAnnealingLR, OneCycleLR
 from torch.utils.data import DataLoader, TensorDataset
 
+from imagenette_sota import quiet
 from imagenette_sota.callbacks import OneCycles, ProgressiveResize, Stage, TimeBudget
 from imagenette_sota.cli import cli
 from imagenette_sota.data import ImagenetteDataModule
@@ -32,14 +33,6 @@ from imagenette_sota.schedule import Cycle, FineTune
 
 from .test_ddp import DDP, TIMEOUT, deadline
 
-QUIET = {
-    "accelerator": "cpu",
-    "logger": False,
-    "enable_checkpointing": False,
-    "enable_progress_bar": False,
-    "enable_model_summary": False,
-    "num_sanity_val_steps": 0,
-}
 TINY = {"layers": [1, 1, 1, 1], "widen": 0.25}
 tiny_xresnet = partial(XResNet, **TINY)
 FINAL_LR = 5e-3 / 2 / 1e5  # fine_tune(base_lr=5e-3)'s last cycle: lr_max base_lr / 2, annealed by div_final
@@ -83,7 +76,7 @@ def progressive(mini_dir: Path, budget: TimeBudget, *more: Callback, **trainer: 
         OneCycles(fine_tune=FineTune(start_epoch=2, epochs=2, base_lr=5e-3)),
         *more,
     ]
-    return L.Trainer(max_epochs=5, callbacks=callbacks, **QUIET | trainer), model, dm
+    return quiet.trainer(**{"accelerator": "cpu", "max_epochs": 5, "callbacks": callbacks} | trainer), model, dm
 
 
 def test_a_fit_ends_inside_its_budget_with_the_learning_rate_annealed(mini_dir: Path, one_thread: None) -> None:
@@ -211,7 +204,7 @@ def loaders() -> tuple[DataLoader, DataLoader]:
 
 def test_a_foreign_module_s_one_cycle_lr_ends_on_time_and_annealed(tmp_path: Path) -> None:
     budget, trace = TimeBudget(5, warmup_steps=2, measure_steps=3), Trace()
-    trainer = L.Trainer(max_epochs=3, callbacks=[budget, trace], **QUIET | {"logger": CSVLogger(tmp_path, "")})
+    trainer = quiet.trainer(accelerator="cpu", max_epochs=3, callbacks=[budget, trace], logger=CSVLogger(tmp_path, ""))
     budget.start()
     trainer.fit(Foreign(), *loaders())
     _, end = trace.validated[-1]
@@ -230,7 +223,7 @@ def test_a_foreign_module_s_one_cycle_lr_ends_on_time_and_annealed(tmp_path: Pat
 
 
 def test_a_schedule_the_budget_cannot_re_time_is_refused_at_the_start() -> None:
-    trainer = L.Trainer(max_epochs=3, callbacks=[TimeBudget(5)], **QUIET)
+    trainer = quiet.trainer(accelerator="cpu", max_epochs=3, callbacks=[TimeBudget(5)])
     with pytest.raises(ValueError, match=r"re-timing one OneCycleLR.*CosineAnnealingLR"):
         trainer.fit(Foreign("cosine"), *loaders())
     assert trainer.global_step == 0
@@ -304,7 +297,7 @@ def test_max_steps_that_end_an_epoch_early_end_its_cycle_annealed(mini_dir: Path
     model = ImagenetteClassifier(backbone=tiny_xresnet, num_classes=10, cycle=Cycle(1e-2))
     trace = Trace()
     resize, cycles = ProgressiveResize({0: Stage(32, 16), 1: Stage(32, 24)}), OneCycles({1: Cycle(5e-3)})
-    trainer = L.Trainer(max_epochs=3, max_steps=12 + 8 + 3, callbacks=[resize, cycles, trace], **QUIET)
+    trainer = quiet.trainer(accelerator="cpu", max_epochs=3, max_steps=12 + 8 + 3, callbacks=[resize, cycles, trace])
     trainer.fit(model, dm)
     assert trainer.global_step == 23 and trace.steps[-1][0] == 2  # 3 steps into epoch 2 (of 8)
     assert trace.final_lr == pytest.approx(5e-3 / 1e5)
