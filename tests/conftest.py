@@ -41,7 +41,7 @@ def mini_dir(mini_root: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def one_thread() -> Iterator[None]:
-    """One intra-op thread for a module of small steps: two per process on 2 shared cores slow them up to 20x."""
+    """One intra-op thread for a module of small steps: two per process on 2 shared cores stall on OpenMP's barriers."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

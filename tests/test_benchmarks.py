@@ -12,7 +12,7 @@ import torch
 
 from .helpers import REPO
 
-# Every section but `compiled`: inductor compiling xresnet18 takes ~90 s on these cores (tests/test_xresnet.py
+# Every section but `compiled`: inductor compiling xresnet18 takes minutes on these cores (tests/test_xresnet.py
 # compiles it with the eager backend; the section is the throughput section run with compile=True).
 SECTIONS = ("env", "throughput", "time_to_90", "fastai", "fast_paths")
 

@@ -37,7 +37,7 @@ from imagenette_sota.tta import TTASettings
 
 REPO = Path(__file__).resolve().parents[1]
 DDP = {"accelerator": "cpu", "devices": 2, "strategy": "ddp_spawn"}
-TIMEOUT = 240  # s per DDP run: far above the ~15 s one takes on 2 cores, so only a hang reaches it
+TIMEOUT = 240  # s per DDP run: many times what one takes on 2 cores, so only a hang reaches it
 tiny_xresnet = partial(XResNet, layers=(1, 1, 1, 1), widen=0.5)
 
 
@@ -175,7 +175,7 @@ def test_tta_under_ddp_predicts_each_image_once(odd_dir: Path) -> None:
     dm, one = imagenette(odd_dir), quiet.trainer(accelerator="cpu", devices=1)
     centre = tta(one, model, dm, TTASettings(n=0))[0]
     # The centre view has no randomness: equal row by row, i.e. the same images in the same order. (ddp_fork is
-    # ddp_spawn without re-importing Lightning in each process: 1 s instead of 25 here.)
+    # ddp_spawn without re-importing Lightning in each process, much faster.)
     with deadline(TIMEOUT):
         ddp_centre, targets = tta(quiet.trainer(**{**DDP, "strategy": "ddp_fork"}), model, dm, TTASettings(n=0))
     assert ddp_centre.shape == (99, 10) and torch.equal(targets, torch.tensor(dm.val_set.targets))

@@ -242,7 +242,7 @@ def _source(server: str, where: str) -> str:
 def test_full_disk_names_the_path_and_the_fix(
     server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
 ) -> None:
-    disk = _FillingDisk(room=1 << 19)  # half a MiB: full before the 2.2 MB archive or its 2.4 MB of images
+    disk = _FillingDisk(room=1 << 19)  # half a MiB: full long before the mini archive or its images are written
     monkeypatch.setattr(download_module, "open", disk.open(open), raising=False)
     monkeypatch.setattr(tarfile, "bltn_open", disk.open(tarfile.bltn_open))
     dm = ImagenetteDataModule(root=tmp_path, url=_source(server, where), md5=MINI_MD5)

@@ -21,7 +21,7 @@ from imagenette_sota.schedule import Cycle
 
 SIZE = 32  # px: the smallest side xresnet's five stride-2 stages reduce to 1x1
 MEAN, STD = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
-# Layers (1, 1, 1, 1) at half width: 1.3M parameters, ~5x faster per step than xresnet18, for the tests that
+# Layers (1, 1, 1, 1) at half width: 1.3M parameters, several times faster per step than xresnet18, for the tests that
 # take many steps.
 tiny_xresnet = partial(XResNet, layers=(1, 1, 1, 1), widen=0.5)
 

@@ -12,7 +12,7 @@ from .helpers import SHARED_DATA
 
 NOTEBOOKS = sorted((Path(__file__).parents[1] / "notebooks").glob("*.ipynb"))
 MAX_BYTES = 300_000
-TIMEOUT = 120  # s per cell: far above the ~10 s the slowest takes on 2 cores, so only a hang reaches it
+TIMEOUT = 120  # s per cell: many times what the slowest takes on 2 cores, so only a hang reaches it
 
 
 def test_there_are_notebooks() -> None:

@@ -41,14 +41,14 @@ def _n_params(model: nn.Module) -> int:
 
 
 def _meta(builder: Callable[..., XResNet], *args: object, **kwargs: object) -> XResNet:
-    """Build a model on the meta device (no memory; the first call pays ~3 s of one-time setup)."""
+    """Build a model on the meta device (no memory; the first call pays a one-time setup)."""
     with torch.device("meta"):
         return builder(*args, **kwargs)
 
 
 @functools.cache
 def _cached(builder: Callable[..., XResNet], n_out: int = 10, **kwargs: object) -> XResNet:
-    """One shared instance per configuration, for read-only checks (building xresnet50 costs ~0.5 s)."""
+    """One shared instance per configuration, for read-only checks (building xresnet50 is slow)."""
     return builder(n_out, **kwargs).eval()
 
 
