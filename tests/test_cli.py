@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from imagenette_sota.checkpoint_io import AtomicCheckpointIO
-from imagenette_sota.cli import ImagenetteTrainer, cli, config_error
+from imagenette_sota.cli import ImagenetteTrainer, cli, user_error
 from imagenette_sota.data import ImagenetteDataModule
 from imagenette_sota.models import xresnet18
 from imagenette_sota.module import ImagenetteClassifier
@@ -118,7 +118,7 @@ def test_a_missing_dataset_is_a_configuration_error(tmp_path: Path, capsys: pyte
 def test_other_errors_keep_their_traceback() -> None:
     with pytest.raises(ValueError) as error_info:
         int("not a number")  # raised outside the package: a bug to debug, not a setting to fix
-    assert config_error(error_info.value) is None
+    assert user_error(error_info.value) is None
 
 
 @pytest.fixture(scope="module")
