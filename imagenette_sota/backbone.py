@@ -95,7 +95,7 @@ def build(spec: Record, trust: Sequence[str] = ()) -> Backbone:
     try:
         built = parser.instantiate(parser.parse_object({"backbone": spec})).backbone
     except (jsonargparse.ArgumentError, ImportError, TypeError, ValueError) as e:
-        raise ValueError(f"its backbone {spec!r} cannot be built here ({str(e).splitlines()[0]})") from None
+        raise ValueError(f"its backbone {spec!r} cannot be built here ({' '.join(str(e).split())})") from None
     return built
 
 

@@ -88,5 +88,6 @@ def device_line(trainer: L.Trainer) -> str:
     device = trainer.strategy.root_device
     name = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
     count = f" x {trainer.world_size}" if trainer.world_size > 1 else ""
-    threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
+    n = torch.get_num_threads()
+    threads = f", {n} thread{'s' if n > 1 else ''}" if device.type == "cpu" else ""
     return f"{device}{name}{count}, precision {trainer.precision}{threads}"
