@@ -283,7 +283,8 @@ def cli_spelling(message: str, leaves: list[tuple[str, Any]]) -> str:
 
 def quiet_lightning() -> None:
     """Drop Lightning's tips and the lines RunSummary replaces, and a deprecation warning between Lightning and torch
-    that no user can act on; Lightning's other messages and warnings stay."""
+    that no user can act on; Lightning's other messages and warnings stay. This package's own progress (download,
+    extraction, cache build) is shown, as Lightning's is."""
     logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     if not any(getattr(f, "__name__", None) == "quiet" for f in logger.filters):
 
@@ -292,6 +293,23 @@ def quiet_lightning() -> None:
 
         logger.addFilter(quiet)
     warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning)
+    ours = logging.getLogger("imagenette_sota")
+    if not ours.handlers:
+        ours.addHandler(ToStderr())
+        ours.setLevel(logging.INFO)
+
+
+class ToStderr(logging.StreamHandler):
+    """A log handler writing to ``sys.stderr`` as it is at each message (tests and notebooks replace it)."""
+
+    @property
+    def stream(self) -> Any:
+        """``sys.stderr`` now."""
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass  # StreamHandler's own assignment: the property above answers instead
 
 
 def cli(args: list[str] | None = None, **kwargs: Any) -> ImagenetteCLI:
