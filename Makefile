@@ -11,7 +11,7 @@ ARGS ?=
 BUDGET ?=
 DATA_ARGS := $(if $(DATA_URL),--data.url $(DATA_URL)) $(if $(DATA_MD5),--data.md5 $(DATA_MD5))
 
-.PHONY: help install install-bench test lint format train tensorboard bench gpu-data clean
+.PHONY: help install install-bench test floors lint format train tensorboard bench gpu-data clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -38,6 +38,24 @@ test: install-bench  ## lint, then the whole test suite with fastai as the peer 
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest -q
+
+# `make floors`: every dependency at exactly its declared floor (pyproject's ">=X" read as "==X", the serve and export
+# extras included) in a venv of its own, then the tests that exercise those floors. torch and torchvision are the
+# local pins above, not their floors (the GPU machines' 2.11 / 0.26): no older local torch has a matching
+# torchvision (torch 2.13.0+cpu's is not there), and PyPI's Linux torch brings gigabytes of CUDA libraries.
+FLOORS_VENV ?= .venv-floors
+FLOORS_TESTS := tests/test_backbone.py tests/test_cli.py tests/test_ema.py tests/test_inspection.py \
+	tests/test_classify.py tests/test_export.py tests/test_serve.py
+FLOORS = $(shell $(PYTHON) -c 'import re, tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
+	extras = p["optional-dependencies"]; deps = p["dependencies"] + extras["serve"] + extras["export"]; \
+	print(" ".join(repr(re.sub(r">=([^,]+).*", r"==\1", d)) for d in deps if not re.match(r"torch(vision)?\W", d)))')
+
+floors:  ## the declared floors, exactly, in .venv-floors (torch: the local pin), and the tests that need them
+	$(PYTHON) -m venv $(FLOORS_VENV)
+	$(FLOORS_VENV)/bin/pip install --quiet $(TORCH_PINS) $(FLOORS) pytest
+	$(FLOORS_VENV)/bin/pip install --quiet --no-deps -e .
+	$(FLOORS_VENV)/bin/pip list --format freeze | grep -iE '^(torch|torchvision|lightning|torchmetrics|numpy|pillow|tensorboard|jsonargparse|tqdm|litserve|starlette|python-multipart|onnx|onnxscript|onnxruntime)=='
+	$(FLOORS_VENV)/bin/pytest -q -p no:cacheprovider $(FLOORS_TESTS)
 
 lint: install  ## ruff check + format check
 	$(BIN)/ruff check .
@@ -76,4 +94,4 @@ gpu-data:  ## fill .gpu-data/ for benchmarks/gpu.sh (archives from SHARED_DATA +
 	du -sh .gpu-data
 
 clean:  ## remove the virtualenv, logs and caches (not the data)
-	rm -rf $(VENV) lightning_logs .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(FLOORS_VENV) lightning_logs .pytest_cache .ruff_cache

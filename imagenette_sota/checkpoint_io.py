@@ -41,6 +41,21 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 _LEGACY_HEAD = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
 
 
+def not_a_checkpoint(path: str | Path) -> str | None:
+    """Why the local file ``path`` cannot be a checkpoint (it does not exist, is a folder, is not in torch.save's
+    format), in words that follow its name; None when it may be one. Reads its first bytes only: nothing runs."""
+    file = Path(path)
+    if not file.exists():
+        return "does not exist"
+    if file.is_dir():
+        return "is a folder"
+    with open(file, "rb") as f:
+        head = f.read(len(_LEGACY_HEAD))
+    if not zipfile.is_zipfile(file) and head != _LEGACY_HEAD:
+        return f"is not a checkpoint (torch.save's format; this file starts with {head[:12]!r}, or is truncated)"
+    return None
+
+
 def check_ckpt_path(path: str | Path | None) -> None:
     """Refuse a local ``ckpt_path`` that does not exist or is not a checkpoint, before anything runs.
 
@@ -51,16 +66,6 @@ def check_ckpt_path(path: str | Path | None) -> None:
     text = str(path)
     if text in ("last", "best", "hpc") or text.startswith("registry") or "://" in text.replace("file://", ""):
         return
-    file = Path(text.removeprefix("file://"))
-    fix = "give the .ckpt file a fit wrote (<run>/checkpoints/*.ckpt) or 'last'"
-    if not file.exists():
-        raise FileNotFoundError(f"ckpt_path={text}: no such file: {fix}")
-    if file.is_dir():
-        raise ValueError(f"ckpt_path={text} is a folder: {fix}")
-    with open(file, "rb") as f:
-        head = f.read(len(_LEGACY_HEAD))
-    if not zipfile.is_zipfile(file) and head != _LEGACY_HEAD:
-        raise ValueError(
-            f"ckpt_path={text} is not a checkpoint (torch.save's format; this file starts with {head[:12]!r}, "
-            f"or is truncated): {fix}"
-        )
+    if problem := not_a_checkpoint(text.removeprefix("file://")):
+        error = FileNotFoundError if problem == "does not exist" else ValueError
+        raise error(f"ckpt_path={text} {problem}: give the .ckpt file a fit wrote (<run>/checkpoints/*.ckpt) or 'last'")

@@ -1,22 +1,31 @@
-"""The ``imagenette-sota`` command: LightningCLI over ImagenetteClassifier and ImagenetteDataModule.
+"""The ``imagenette-sota`` command: LightningCLI over ImagenetteClassifier and ImagenetteDataModule, and the
+checkpoint commands (``classify``, ``export``, ``serve``: commands.py) under the same name.
 
-``fit``, ``validate``, ``test`` and ``predict`` are Lightning's; ``tta`` scores a checkpoint with test-time
-augmentation, and ``final_tta`` (a top-level key: ``final_tta: {mode: flip}``) does so at the end of a ``fit``, on
-the final weights (the averaged ones under ``EMAWeightAveraging``), inside the fit's wall time. Every run logs to
-TensorBoard (``lightning_logs/<trainer.logger.init_args.name>/version_N``) with a ``LearningRateMonitor`` (lr and
-momentum per step), ``TrainScalars`` (image size, batch size, images/s) and ``Inspection`` (images, confusion
-matrix, top losses), and times its one-cycles with ``OneCycles``; they are configured under the top-level keys
-``lr_monitor``, ``train_scalars``, ``inspection`` and ``cycles``. Checkpoints are written atomically
-(``trainer.plugins``: ``AtomicCheckpointIO``) and loaded with ``weights_only=True``; one of another architecture or
-number of classes is refused with the mismatching shapes. ``fit --budget 10m`` (a top-level key) ends the fit and its
-final TTA within that wall time (``TimeBudget``; ``max_epochs`` then gives the schedule's shape, not its length).
+``fit``, ``validate`` and ``test`` are Lightning's; ``tta`` scores a checkpoint with test-time augmentation, and
+``final_tta`` (a top-level key: ``final_tta: {mode: flip}``) does so at the end of a ``fit``, on the final weights
+(the averaged ones under ``EMAWeightAveraging``), inside the fit's wall time. Lightning's ``predict`` is not offered:
+``classify`` is inference from the command line. Every run logs to TensorBoard
+(``lightning_logs/<trainer.logger.init_args.name>/version_N``) with a ``LearningRateMonitor`` (lr and momentum per
+step), ``TrainScalars`` (image size, batch size, images/s) and ``Inspection`` (images, confusion matrix, top
+losses), and times its one-cycles with ``OneCycles``; they are configured under the top-level keys ``lr_monitor``,
+``train_scalars``, ``inspection`` and ``cycles``. A run starts with ``RunSummary``'s four lines (data, model,
+device, logs) instead of Lightning's model table, device lines and tips. Checkpoints are written atomically
+(``trainer.plugins``: ``AtomicCheckpointIO``), record how the config spells ``model.backbone``, and are loaded with
+``weights_only=True``; one of another architecture or number of classes is refused with the mismatching shapes.
+A user's mistake ends with one message naming the key or file and the fix, and exit status 2 (``user_error``).
+``fit --budget 10m`` (a top-level key) ends the fit and its final TTA within that wall time (``TimeBudget``;
+``max_epochs`` then gives the schedule's shape, not its length).
 """
 
 from __future__ import annotations
 
+import argparse
+import logging
+import re
 import sys
 import time
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -30,15 +39,20 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import Tensor
 
 from imagenette_sota import seeds
+from imagenette_sota.backbone import record
 from imagenette_sota.callbacks.budget import TimeBudget
 from imagenette_sota.callbacks.cycles import OneCycles
 from imagenette_sota.callbacks.inspection import Inspection
 from imagenette_sota.callbacks.scalars import TrainScalars
+from imagenette_sota.callbacks.summary import RunSummary
 from imagenette_sota.callbacks.tta import tta as test_time_augmentation
 from imagenette_sota.checkpoint_io import check_ckpt_path
 from imagenette_sota.commands import COMMANDS
+from imagenette_sota.commands import HELP as COMMAND_HELP
 from imagenette_sota.data import ImagenetteDataModule
-from imagenette_sota.module import ImagenetteClassifier, check_checkpoint
+from imagenette_sota.data.dataset import BadImageError
+from imagenette_sota.data.download import BadArchiveError, ChecksumError, UnreachableError, UnsafeArchiveError
+from imagenette_sota.module import CheckpointMismatchError, ImagenetteClassifier, check_checkpoint
 from imagenette_sota.tta import TTASettings
 
 
@@ -67,34 +81,67 @@ class ImagenetteTrainer(L.Trainer):
         return test_time_augmentation(self, model, datamodule, settings)
 
 
+# What each training subcommand does (its --help and the tool's overview) and an example of it.
+HELP = {
+    "fit": "train a model (every constructor argument of the model, data and callbacks is a flag or a YAML key)",
+    "validate": "validation loss and accuracy of a checkpoint",
+    "test": "the same evaluation as validate, logged as test/ (the releases have no test split)",
+    "tta": "validation accuracy of a checkpoint with and without test-time augmentation",
+}
+EXAMPLES = {
+    "fit": "imagenette-sota fit --config configs/cpu_quick.yaml --trainer.max_epochs 2",
+    "validate": "imagenette-sota validate --config configs/cpu_quick.yaml --ckpt_path <run>/checkpoints/<file>.ckpt",
+    "test": "imagenette-sota test --config configs/cpu_quick.yaml --ckpt_path <run>/checkpoints/<file>.ckpt",
+    "tta": "imagenette-sota tta --config configs/cpu_quick.yaml --ckpt_path <run>/checkpoints/<file>.ckpt "
+    "--settings.mode flip",
+}
+# Lightning's lines that a run of this CLI says better in RunSummary, or that advertise other packages.
+QUIET = re.compile(r"💡 Tip:|GPU available: |TPU available: |HPU available: |Loading `train_dataloader` to estimate")
 # Only a refusal raised by this package's own ``raise`` statements (or jsonargparse's) is a setting's error: an
 # error from deep inside a fit keeps its traceback, whatever its message happens to quote.
 REFUSERS = (str(Path(__file__).resolve().parent), str(Path(jsonargparse.__file__).resolve().parent))
+SETTING_ERRORS = (ValueError, TypeError, KeyError, OSError, MisconfigurationException)
+# Errors about the user's files and downloads whose message names the file or URL and the fix itself: printed as
+# they are (in the CLI's spelling), wherever they were raised (a DataLoader worker too).
+FILE_ERRORS = (
+    BadImageError,
+    ChecksumError,
+    BadArchiveError,
+    UnsafeArchiveError,
+    UnreachableError,
+    CheckpointMismatchError,
+)
+
+
+class HelpFormatter(jsonargparse.DefaultHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """jsonargparse's help, with a subcommand's description and example kept as written."""
 
 
 class ConfigurationError(Exception):
-    """A setting that a class refused, with the message that names its config key (``config_error``)."""
+    """A setting or file that was refused, with the message that names its config key (``user_error``)."""
 
 
 class ImagenetteCLI(LightningCLI):
     """LightningCLI with ``num_classes`` taken from the data, TensorBoard monitoring by default and ``tta``."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        """LightningCLI's; a setting a class refuses (while instantiating or running) raises ConfigurationError."""
+        """LightningCLI's; a setting or file that is refused (instantiating or running) raises ConfigurationError."""
         try:
             super().__init__(*args, **kwargs)
-        except (ValueError, TypeError, KeyError, OSError, MisconfigurationException) as error:
+        except (*SETTING_ERRORS, *FILE_ERRORS) as error:
             config = getattr(self, "config", None)  # parsed before the classes were made
             subcommand = config.get("subcommand") if config is not None else None
-            message = config_error(error, config.get(subcommand, config) if config is not None else None)
+            message = user_error(error, config.get(subcommand, config) if config is not None else None)
             if message is None:
                 raise
             raise ConfigurationError(message) from error
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
-        """Lightning's subcommands and ``tta``."""
-        return {**LightningCLI.subcommands(), "tta": {"model", "datamodule"}}
+        """Lightning's subcommands but ``predict`` (``classify`` is inference here), and ``tta``."""
+        return {k: v for k, v in LightningCLI.subcommands().items() if k != "predict"} | {
+            "tta": {"model", "datamodule"}
+        }
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         """Link the class count into the model; add the monitoring and one-cycle callbacks and the default logger."""
@@ -123,6 +170,7 @@ class ImagenetteCLI(LightningCLI):
                     "init_args": {"save_dir": "lightning_logs", "name": ""},
                 },
                 "trainer.plugins": {"class_path": "imagenette_sota.checkpoint_io.AtomicCheckpointIO"},
+                "trainer.enable_model_summary": False,  # RunSummary says the backbone and its parameter count
                 "lr_monitor.logging_interval": "step",
                 "lr_monitor.log_momentum": True,
             }
@@ -146,7 +194,8 @@ class ImagenetteCLI(LightningCLI):
             config["weights_only"] = True
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
-        """The Trainer; without a logger (``--trainer.logger false``) the lr monitor, which needs one, is left out."""
+        """The Trainer with RunSummary; without a logger (``--trainer.logger false``) and so without the lr monitor,
+        which needs one."""
         trainer = super().instantiate_trainer(**kwargs)
         if not trainer.loggers:
             trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, LearningRateMonitor)]
@@ -157,12 +206,21 @@ class ImagenetteCLI(LightningCLI):
             trainer.callbacks.append(TimeBudget(config["budget"]))
         for budget in (c for c in trainer.callbacks if isinstance(c, TimeBudget) and c.final_tta is None):
             budget.final_tta = config.get("final_tta")  # what follows the fit is inside the budget
+        trainer.callbacks.append(RunSummary(self.model, self.datamodule))
         return trainer
 
     def before_fit(self) -> None:
         """Start a budget's clock: data preparation (a first cache build) is inside it."""
         for budget in (c for c in self.trainer.callbacks if isinstance(c, TimeBudget)):
             budget.start()
+
+    def after_instantiate_classes(self) -> None:
+        """Have checkpoints record ``model.backbone`` as the config spells it (a class with its init_args too)."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        spelled = config["model"]["backbone"]
+        self.model.backbone_record = record(
+            spelled.as_dict() if isinstance(spelled, jsonargparse.Namespace) else spelled
+        )
 
     def after_fit(self) -> None:
         """Print the final validation metrics, the number a fit is run for; then the ``final_tta``, if configured."""
@@ -188,23 +246,27 @@ def final_tta(
     return {"acc": (probs.argmax(1) == targets).float().mean().item(), "s": end - start, "end": end}
 
 
-def config_error(error: BaseException, settings: Any = None) -> str | None:
-    """The message for a setting that a class refused, naming its config key; None for other errors (a bug's).
+def user_error(error: BaseException, settings: Any = None) -> str | None:
+    """The message for a setting or file that was refused, naming its config key; None for other errors (a bug's).
 
-    Lightning's ``MisconfigurationException`` is a setting's error as it is. Otherwise the key is found in the parsed
-    ``settings`` (the subcommand's jsonargparse Namespace) by the refused value: the classes of this package name it
-    as ``name=value`` in their messages (``presize=0 must be a positive integer``), so the keys whose last part and
-    value read so are it; failing that, the keys whose text value (a path, a URL) the message quotes, the longest.
+    Lightning's ``MisconfigurationException`` is a setting's error as it is, and a ``FILE_ERRORS`` error says its
+    file and fix itself. Otherwise the key is found in the parsed ``settings`` (the subcommand's jsonargparse Namespace)
+    by the refused value: the classes of this package name it as ``name=value`` in their messages (``presize=0 must
+    be a positive integer``), so the keys whose last part and value read so are it; failing that, the keys whose text
+    value (a path, a URL) the message quotes, the longest. A fix the message spells in Python (``pass
+    skip_bad_images=True``) is spelled as on the command line (``--data.skip_bad_images true``).
     """
     if isinstance(error, MisconfigurationException):
         return f"error: {error}"
+    message = original_message(error)
+    leaves = [(k, v) for k, v in settings.items() if isinstance(v, (bool, int, float, str))] if settings else []
+    if isinstance(error, FILE_ERRORS):
+        return f"error: {cli_spelling(message, leaves)}"
     where = traceback.extract_tb(error.__traceback__)[-1:] if error.__traceback__ else []
     if settings is None or not where or not where[0].filename.startswith(REFUSERS):
         return None
     if where[0].filename.startswith(REFUSERS[0]) and not (where[0].line or "").startswith("raise"):
         return None
-    message = str(error.args[0]) if error.args else str(error)
-    leaves = [(k, v) for k, v in settings.items() if isinstance(v, (bool, int, float, str)) and v is not None]
     keys = [key for key, value in leaves if f"{key.rsplit('.', 1)[-1]}={value!r}" in message]
     if not keys:
         quoted = [
@@ -215,7 +277,61 @@ def config_error(error: BaseException, settings: Any = None) -> str | None:
     if not keys:
         return None
     fix = f"fix it in the config file or with --{keys[0]} on the command line"
-    return f"error: {', '.join(keys)}: {message}\n  {fix}"
+    return f"error: {', '.join(keys)}: {cli_spelling(message, leaves)}\n  {fix}"
+
+
+def original_message(error: BaseException) -> str:
+    """The error's message; for one re-raised from a DataLoader worker, the worker's own (not its traceback)."""
+    message = str(error.args[0]) if error.args else str(error)
+    if "Original Traceback" in message:  # torch's ExceptionWrapper: "...\nmodule.Class: the message"
+        message = message.rsplit(f"{type(error).__name__}: ", 1)[-1].strip()
+    return message
+
+
+def cli_spelling(message: str, leaves: list[tuple[str, Any]]) -> str:
+    """``message`` with each setting it suggests as ``name=value`` (a value other than the current one) written as
+    the command line takes it: ``--key value``."""
+    keys = {key.rsplit(".", 1)[-1]: (key, value) for key, value in leaves}
+
+    def respell(match: re.Match) -> str:
+        name, text = match.group(1), match.group(2)
+        if name not in keys or repr(keys[name][1]) == text:
+            return match.group(0)
+        value = {"True": "true", "False": "false", "None": "null"}.get(text, text.strip("'"))
+        return f"--{keys[name][0]} {value}"
+
+    return re.sub(r"\b(\w+)=(True|False|None|'[^']*'|-?[\d.]+(?:e-?\d+)?)", respell, message)
+
+
+def quiet_lightning() -> None:
+    """Drop Lightning's tips and the lines RunSummary replaces, and a deprecation warning between Lightning and torch
+    that no user can act on; Lightning's other messages and warnings stay. This package's own progress (download,
+    extraction, cache build) is shown, as Lightning's is."""
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(getattr(f, "__name__", None) == "quiet" for f in logger.filters):
+
+        def quiet(record: logging.LogRecord) -> bool:
+            return not QUIET.match(record.getMessage())
+
+        logger.addFilter(quiet)
+    warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning)
+    ours = logging.getLogger("imagenette_sota")
+    if not ours.handlers:
+        ours.addHandler(ToStderr())
+        ours.setLevel(logging.INFO)
+
+
+class ToStderr(logging.StreamHandler):
+    """A log handler writing to ``sys.stderr`` as it is at each message (tests and notebooks replace it)."""
+
+    @property
+    def stream(self) -> Any:
+        """``sys.stderr`` now."""
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass  # StreamHandler's own assignment: the property above answers instead
 
 
 def cli(args: list[str] | None = None, **kwargs: Any) -> ImagenetteCLI:
@@ -223,8 +339,10 @@ def cli(args: list[str] | None = None, **kwargs: Any) -> ImagenetteCLI:
 
     ``kwargs`` go to LightningCLI (e.g. ``trainer_defaults={"callbacks": [...]}`` adds callbacks to the config's).
 
-    A setting that a class rejects ends the run like a parser error (a message on stderr, exit status 2).
+    A setting or file that is refused ends the run like a parser error (a message on stderr, exit status 2).
     """
+    quiet_lightning()
+    subcommands = {name: {"description": HELP[name], "epilog": f"example:\n  {EXAMPLES[name]}"} for name in HELP}
     try:
         return ImagenetteCLI(
             ImagenetteClassifier,
@@ -232,6 +350,7 @@ def cli(args: list[str] | None = None, **kwargs: Any) -> ImagenetteCLI:
             trainer_class=ImagenetteTrainer,
             seed_everything_default=seeds.DEFAULT,
             args=args,
+            parser_kwargs={"prog": "imagenette-sota", "formatter_class": HelpFormatter, **subcommands},
             save_config_kwargs={"overwrite": True},
             **kwargs,
         )
@@ -240,9 +359,31 @@ def cli(args: list[str] | None = None, **kwargs: Any) -> ImagenetteCLI:
         raise SystemExit(2) from None
 
 
+def overview() -> str:
+    """``imagenette-sota --help``: every subcommand in one line, and where to read more."""
+    lines = [
+        "usage: imagenette-sota COMMAND [options]   (imagenette-sota COMMAND --help: its options and an example)",
+        "",
+        "Train image classifiers from scratch on Imagenette (the fastai chapter, in Lightning) and use them.",
+        "",
+        "train and evaluate (LightningCLI: --config FILE.yaml; --model.*, --data.*, --trainer.* override it):",
+        *(f"  {name:<10}{text}" for name, text in HELP.items()),
+        "use a trained checkpoint:",
+        *(f"  {name:<10}{text}" for name, text in COMMAND_HELP.items()),
+    ]
+    return "\n".join(lines)
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of ``imagenette-sota`` and ``python -m imagenette_sota``; classify/export/serve: commands.py."""
-    args = sys.argv[1:] if args is None else args
-    if args and args[0] in COMMANDS:
-        raise SystemExit(COMMANDS[args[0]](args[1:]))
-    cli(args)
+    argv = sys.argv[1:] if args is None else args
+    if not argv or argv[0] in ("-h", "--help"):
+        print(overview(), file=sys.stdout if argv else sys.stderr)
+        raise SystemExit(0 if argv else 2)
+    if argv[0] in COMMANDS:
+        raise SystemExit(COMMANDS[argv[0]](argv[1:]))
+    if not argv[0].startswith("-") and argv[0] not in HELP:  # LightningCLI's message would list only its own
+        known = ", ".join([*HELP, *COMMANDS])
+        print(f"error: {argv[0]!r} is not a command: choose one of {known} (imagenette-sota --help)", file=sys.stderr)
+        raise SystemExit(2)
+    cli(args)  # None: LightningCLI reads the command line itself

@@ -1,7 +1,8 @@
 """``imagenette-sota classify | export | serve``: a trained checkpoint put to use (the fit/validate/... CLI is cli.py).
 
-Each subcommand is one function taking its argument list and returning the exit status. A missing file or one
-that is not a checkpoint of this suite ends with a message naming it and exit status 2, like a bad option.
+Each subcommand is one function taking its argument list and returning the exit status. A usage mistake (a missing
+file, one that is not a checkpoint of this suite, a device this machine lacks) ends with one message naming it and
+exit status 2, like a bad option.
 """
 
 from __future__ import annotations
@@ -9,53 +10,74 @@ from __future__ import annotations
 import argparse
 import csv
 import glob
-import importlib
 import json
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, get_args
 
+import torch
 from tqdm import tqdm
 
 from imagenette_sota.atomic import replacing
-from imagenette_sota.data.normalization import Statistics as NormalizeMode
+from imagenette_sota.backbone import TRUSTED
 from imagenette_sota.predict import Precision, Prediction, Predictor
-from imagenette_sota.trained import LEGACY_OPTIONS, CheckpointError
+from imagenette_sota.trained import CheckpointError
 from imagenette_sota.tta import TTAMode
 
 TTA_MODES = get_args(TTAMode)
 PROGRESS_FROM = 200  # files: fewer finish before a progress bar would tell anything
 PRECISION_HELP = "bf16: the network under bf16 autocast (GPUs, CPUs with bf16 units; ~1e-2 off fp32's probabilities)"
+# What each subcommand does (its --help and the tool's overview) and an example of it.
+HELP = {
+    "classify": "top-k classes of image files, folders and globs, as a table, CSV or JSON lines",
+    "export": "the network with its preprocessing as torch.export (.pt2) and ONNX files: uint8 images in",
+    "serve": "an HTTP endpoint (LitServe): POST an image to /predict, get its top-k as JSON",
+}
+EXAMPLES = {
+    "classify": "imagenette-sota classify run.ckpt photos/ more/*.jpg --top_k 3 --output answers.csv",
+    "export": "imagenette-sota export run.ckpt model   # model.pt2 (+ model.json) and model.onnx",
+    "serve": "imagenette-sota serve run.ckpt --port 8000 && curl -F image=@photo.jpg http://127.0.0.1:8000/predict",
+}
 
 
-def _parser(name: str, description: str) -> argparse.ArgumentParser:
-    """A subcommand's parser with the checkpoint argument and the options an old checkpoint may need."""
-    p = argparse.ArgumentParser(prog=f"imagenette-sota {name}", description=description)
-    p.add_argument("ckpt", type=Path, help="a checkpoint written by a fit (.ckpt)")
-    old = p.add_argument_group("for checkpoints written before they recorded these (the error message says which)")
-    old.add_argument(
-        "--backbone", help="import path of the network's constructor, e.g. imagenette_sota.models.xresnet50"
+def _parser(name: str) -> argparse.ArgumentParser:
+    """A subcommand's parser: its description and example, the checkpoint and the packages to trust."""
+    p = argparse.ArgumentParser(
+        prog=f"imagenette-sota {name}",
+        description=HELP[name][0].upper() + HELP[name][1:] + ".",
+        epilog=f"example:\n  {EXAMPLES[name]}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    old.add_argument("--presize", type=int)
-    old.add_argument("--val_size", type=int)
-    old.add_argument("--normalize", choices=get_args(NormalizeMode))
-    old.add_argument("--dataset", help="the dataset it was trained on (its class ids and names)")
+    p.add_argument("ckpt", type=Path, help="a checkpoint written by a fit (<run>/checkpoints/*.ckpt)")
+    p.add_argument(
+        "--trust",
+        action="append",
+        default=[],
+        metavar="PACKAGE",
+        help=f"a package the checkpoint's backbone may be imported from besides {', '.join(TRUSTED)} (only if you "
+        "trust the checkpoint: importing runs that package's code)",
+    )
     return p
 
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:
-    """``Predictor.from_checkpoint``'s options that were given: ``precision``, ``backbone`` (imported: the user named
-    it) and the legacy options (None: the defaults, typed there once)."""
-    given = [k for k in (*LEGACY_OPTIONS, "precision") if getattr(args, k, None) is not None]
-    options: dict[str, Any] = {k: getattr(args, k) for k in given}
-    if args.backbone:
-        module, _, name = args.backbone.rpartition(".")
-        try:
-            options["backbone"] = getattr(importlib.import_module(module), name)
-        except (ImportError, AttributeError, ValueError) as e:
-            raise CheckpointError(f"--backbone {args.backbone}: cannot import it ({e}): give module.function") from None
-    return options
+    """``Predictor.from_checkpoint``'s options that were given: ``trust``, ``precision`` (None: its default)."""
+    return {"trust": tuple(args.trust)} | ({"precision": args.precision} if getattr(args, "precision", None) else {})
+
+
+def _check_device(p: argparse.ArgumentParser, device: str | None) -> None:
+    """Exit 2 (usage) if ``device`` names no device this machine can use, with torch's reason."""
+    if device is None:
+        return
+    try:
+        torch.empty(0, device=device)  # torch's own check: the name parses, the device and its driver are there
+    except (RuntimeError, AssertionError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        p.error(
+            f"--device {device}: not usable here ({reason}); use --device cpu, or leave --device out (CUDA if "
+            "available, else the CPU)"
+        )
 
 
 def _fail(message: str) -> int:
@@ -79,6 +101,13 @@ def expand(patterns: Iterable[str]) -> tuple[list[Path], list[str]]:
         if not found:
             unmatched.append(pattern)
     return list(dict.fromkeys(files)), unmatched
+
+
+def _matches_nothing(pattern: str) -> str:
+    """Why ``pattern`` named no file: a missing path, an empty folder or a glob that matches nothing."""
+    if Path(pattern).is_dir():
+        return "this folder holds no files"
+    return "no file matches this glob" if any(c in pattern for c in "*?[") else "no such file or folder"
 
 
 def _rows(results: Iterable[tuple[Path, Prediction | str]], top_k: int) -> Iterator[dict[str, Any]]:
@@ -132,7 +161,7 @@ def _write(rows: Iterable[dict[str, Any]], output: Path | None, top_k: int) -> N
 
 def classify(argv: list[str]) -> int:
     """``imagenette-sota classify CKPT PATH...``: top-k per image; exit 1 only if no file could be classified."""
-    p = _parser("classify", "Classify image files with a trained checkpoint (the validation preprocessing).")
+    p = _parser("classify")
     p.add_argument("paths", nargs="+", help="image files, folders (searched recursively) or globs")
     p.add_argument("--top_k", type=int, default=5)
     p.add_argument("--tta", choices=TTA_MODES, help="test-time augmentation (default: none)")
@@ -148,13 +177,14 @@ def classify(argv: list[str]) -> int:
         p.error(f"--output {args.output}: end the name in .csv or .jsonl")
     if args.top_k < 1 or args.batch_size < 1:
         p.error("--top_k and --batch_size must be >= 1")
+    _check_device(p, args.device)
+    files, unmatched = expand(args.paths)
+    if unmatched:  # a usage mistake, found before the checkpoint is loaded
+        p.error("; ".join(f"{pattern}: {_matches_nothing(pattern)}" for pattern in unmatched))
     try:
         predictor = Predictor.from_checkpoint(args.ckpt, args.device, args.tta, **_options(args))
     except CheckpointError as e:
         return _fail(str(e))
-    files, unmatched = expand(args.paths)
-    for pattern in unmatched:
-        print(f"{pattern}: no such file, folder or matching glob", file=sys.stderr)
     counts = {"classified": 0, "failed": 0}
 
     def counted(results: Iterable[tuple[Path, Prediction | str]]) -> Iterator[tuple[Path, Prediction | str]]:
@@ -174,12 +204,12 @@ def export(argv: list[str]) -> int:
     """``imagenette-sota export CKPT OUT``: OUT.pt2 (+ OUT.json) and OUT.onnx, or the one OUT's suffix names."""
     from imagenette_sota import export as exporting
 
-    p = _parser("export", "Export a checkpoint with its preprocessing: uint8 (N, 3, P, P) in, probabilities out.")
+    p = _parser("export")
     p.add_argument("out", type=Path, help="OUT.pt2, OUT.onnx, or OUT (both)")
     args = p.parse_args(argv)
     try:
         written = exporting.export(args.ckpt, args.out, **_options(args))
-    except CheckpointError as e:
+    except (CheckpointError, ImportError) as e:  # ImportError: the export extra is not installed (it says which)
         return _fail(str(e))
     print("wrote " + ", ".join(map(str, written)))
     return 0
@@ -187,7 +217,7 @@ def export(argv: list[str]) -> int:
 
 def serve(argv: list[str]) -> int:
     """``imagenette-sota serve CKPT``: a LitServe endpoint at http://HOST:PORT/predict."""
-    p = _parser("serve", "Serve a checkpoint over HTTP (LitServe): POST an image to /predict, get its top-k JSON.")
+    p = _parser("serve")
     p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to listen on every interface")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--top_k", type=int, default=5)

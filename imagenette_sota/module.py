@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, replace
 from functools import partial
 from typing import Any
@@ -16,6 +16,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from imagenette_sota import seeds
+from imagenette_sota.backbone import Backbone, record
 from imagenette_sota.checks import check_numbers
 from imagenette_sota.distributed import destroy_process_group_at_exit
 from imagenette_sota.hardware import BF16_FLAGS, cpu_bf16
@@ -61,18 +62,12 @@ def check_checkpoint(
     )
 
 
-def import_path(obj: Any) -> str | None:
-    """``module.name`` of an importable function or class (None for a lambda, a partial or a local function)."""
-    module, name = getattr(obj, "__module__", None), getattr(obj, "__qualname__", "")
-    return f"{module}.{name}" if module and name and "<" not in name else None
-
-
 class ImagenetteClassifier(L.LightningModule):
     """An image classifier trained the fastai way: Adam or ranger, one-cycle or flat-cos, label smoothing, mixup."""
 
     def __init__(
         self,
-        backbone: Callable[[int], nn.Module] = xresnet50,
+        backbone: Backbone = xresnet50,
         num_classes: int = 10,
         cycle: Cycle = Cycle(3e-3),
         weight_decay: float = WEIGHT_DECAY,
@@ -118,7 +113,9 @@ class ImagenetteClassifier(L.LightningModule):
         # weights_only=True, which unpickles no classes of ours.
         cycle = asdict(self.cycle)
         self.save_hyperparameters(ignore=["backbone", "optimizer"])
-        self.backbone_path = import_path(backbone)  # the checkpoint records it (imagenette_sota.trained reads it)
+        # How to build the network again, recorded in checkpoints for inference (imagenette_sota.trained); the CLI
+        # sets its config's spelling, which also covers a class with init_args.
+        self.backbone_record = record(backbone)
         self.make_optimizer = optimizer
         self.model = backbone(num_classes)
         if channels_last:
@@ -172,7 +169,14 @@ class ImagenetteClassifier(L.LightningModule):
         destroy_process_group_at_exit()
 
     def on_fit_start(self) -> None:
-        """Warn when bf16 would run emulated: on a CPU without bf16 units it is several times slower than fp32."""
+        """Warn when bf16 would run emulated (several times slower than fp32), or when no checkpoint of this fit will
+        say how to build its network (a lambda or a local function as the backbone)."""
+        if self.backbone_record is None:
+            rank_zero_warn(
+                f"backbone {type(self.model).__name__} comes from a function that cannot be written down (a lambda or "
+                "a local function?): checkpoints will hold the weights, but classify, export and serve cannot rebuild "
+                "the network. Pass an importable function or class, or functools.partial of one."
+            )
         if self.device.type == "cpu" and "bf16" in str(self.trainer.precision) and cpu_bf16() is False:
             rank_zero_warn(
                 f"precision {self.trainer.precision!r} on a CPU without bf16 units ({' or '.join(BF16_FLAGS)} in "
@@ -181,8 +185,8 @@ class ImagenetteClassifier(L.LightningModule):
             )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Record the backbone's import path beside the weights: inference rebuilds the network from it."""
-        checkpoint["backbone"] = self.backbone_path
+        """Record how to build the backbone beside the weights: inference rebuilds the network from it."""
+        checkpoint["backbone"] = self.backbone_record
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse a checkpoint of another architecture or number of classes with a clear message, before loading."""

@@ -13,10 +13,10 @@ TTA re-draws the presize crop per view, as fastai's ``tta`` does, and seeds ever
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Literal, NamedTuple, get_args
+from typing import BinaryIO, Literal, NamedTuple, get_args
 
 import numpy as np
 import torch
@@ -151,12 +151,12 @@ class Predictor:
         path: str | Path,
         device: str | torch.device | None = None,
         tta: TTAMode | TTASettings | None = None,
-        backbone: Callable[[int], nn.Module] | None = None,
         precision: Precision = "32",
-        **legacy: Any,
+        trust: Sequence[str] = (),
     ) -> Predictor:
-        """The model of a fit's checkpoint (``weights_only``); ``backbone``/``legacy`` only for old checkpoints."""
-        trained: Trained = load(path, backbone, **legacy)
+        """The model of a fit's checkpoint (``weights_only``); ``trust``: packages its backbone may come from besides
+        ``backbone.TRUSTED`` (``trained.load``)."""
+        trained: Trained = load(path, trust)
         network, data = trained.network(), trained.data_module()
         return cls(network, data, trained.classes, trained.class_names, device, tta, precision)
 

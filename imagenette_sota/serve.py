@@ -28,7 +28,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from imagenette_sota.data.dataset import BadImageError
 from imagenette_sota.predict import Prediction, Predictor
-from imagenette_sota.trained import LEGACY_OPTIONS, load
+from imagenette_sota.trained import load
 from imagenette_sota.tta import TTAMode
 
 PATH = "/predict"
@@ -76,7 +76,7 @@ class ClassifierAPI(ls.LitAPI):
         **options: Any,
     ) -> None:
         """Args: the checkpoint, answers per image, TTA mode, LitServe's batching (images, seconds to wait), and
-        ``options`` of ``Predictor.from_checkpoint`` (``precision``; those for old checkpoints)."""
+        ``options`` of ``Predictor.from_checkpoint`` (``precision``, ``trust``)."""
         super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout, api_path=PATH)
         self.checkpoint, self.top_k, self.tta, self.options = str(checkpoint), top_k, tta, options
         self.pool: ThreadPoolExecutor | None = None
@@ -138,8 +138,7 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 def serve(checkpoint: str | Path, host: str = "127.0.0.1", port: int = 8000, **kwargs: Any) -> None:
     """Run the server until interrupted; ``kwargs`` go to ``ClassifierAPI``. A bad checkpoint fails here, first."""
-    options = {k: kwargs[k] for k in LEGACY_OPTIONS if k in kwargs}
-    load(checkpoint, kwargs.get("backbone"), **options)  # CheckpointError now, not in the inference worker
+    load(checkpoint, kwargs.get("trust", ()))  # CheckpointError now, not in the inference worker
     signal.signal(signal.SIGTERM, _interrupt)  # stop like Ctrl-C: LitServe then ends its worker processes too
     server = ls.LitServer(ClassifierAPI(checkpoint, **kwargs), accelerator="auto", middlewares=[RequireMultipart])
     server.run(host=host, port=port, generate_client_file=False, num_api_servers=1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ import torch
 import yaml
 
 from imagenette_sota.checkpoint_io import AtomicCheckpointIO
-from imagenette_sota.cli import ImagenetteTrainer, cli, config_error
+from imagenette_sota.cli import ImagenetteTrainer, cli, main, user_error
 from imagenette_sota.data import ImagenetteDataModule
 from imagenette_sota.models import xresnet18
 from imagenette_sota.module import ImagenetteClassifier
@@ -118,7 +119,7 @@ def test_a_missing_dataset_is_a_configuration_error(tmp_path: Path, capsys: pyte
 def test_other_errors_keep_their_traceback() -> None:
     with pytest.raises(ValueError) as error_info:
         int("not a number")  # raised outside the package: a bug to debug, not a setting to fix
-    assert config_error(error_info.value) is None
+    assert user_error(error_info.value) is None
 
 
 @pytest.fixture(scope="module")
@@ -192,3 +193,46 @@ def test_checkpoints_of_another_model_are_refused_with_the_shapes(
     err = rejected(fit, capsys)
     assert f"checkpoint {ckpt} does not fit this model (trained with num_classes=10)" in err
     assert "model.11.weight: (10, 512) in the checkpoint, (5, 512) in the model" in err
+
+
+def test_help_lists_every_command_and_each_has_an_example(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert done.value.code == 0
+    listed = [line.split()[0] for line in out.splitlines() if line.startswith("  ")]
+    assert listed == ["fit", "validate", "test", "tta", "classify", "export", "serve"]  # predict: classify is inference
+    for command in listed:
+        with pytest.raises(SystemExit) as done:
+            main([command, "--help"])
+        out = capsys.readouterr().out
+        assert done.value.code == 0 and f"usage: imagenette-sota {command}" in out.replace("[options] ", "")
+        assert f"example:\n  imagenette-sota {command} " in out
+
+
+def test_the_first_screen_is_ours(
+    mini_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+    recwarn: pytest.WarningsRecorder,
+) -> None:
+    logs = tmp_path / "logs"
+    args = ["fit", "--config", QUICK, *small(mini_dir), "--trainer.logger.init_args.save_dir", str(logs)]
+    monkeypatch.setattr(sys, "argv", ["imagenette-sota", *args, "--trainer.max_steps", "1"])
+    with caplog.at_level(logging.INFO):
+        main()  # as the console script runs it: the command line read by LightningCLI itself
+    out, err = capfd.readouterr()
+    # Lightning's messages are log records and its warnings Python warnings: pytest takes both from the screen.
+    screen = "\n".join([out, err, *caplog.messages, *(str(w.message) for w in recwarn)])
+    for noise in ("args parameter", "Tip:", "GPU available", "TPU available", "LeafSpec", "Total params"):
+        assert noise not in screen, noise
+    lines = {line.split()[0]: line for line in screen.splitlines() if line.split()}
+    assert lines["data"].endswith(
+        f"{mini_dir}: 200 training + 100 validation images, 10 classes; presize 48 px, train 32 px, val 32 px, batch 10"
+    )
+    assert lines["model"] == "model  imagenette_sota.models.xresnet18, 11,200,874 parameters"
+    assert lines["device"] == "device cpu, precision 32-true, 1 thread"  # the one_thread fixture's
+    assert lines["logs"] == f"logs   {logs / 'cpu_quick' / 'version_0'}  (tensorboard --logdir {logs})"
+    assert "decode-once cache on by default" in screen

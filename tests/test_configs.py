@@ -11,6 +11,8 @@ import yaml
 
 from imagenette_sota.cli import cli
 
+from .usable import check_usable
+
 CONFIGS = Path(__file__).parents[1] / "configs"
 BOOK = {
     "model.backbone": "imagenette_sota.models.xresnet50",
@@ -192,8 +194,8 @@ def shrunk(path: Path, tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("name", sorted(FACTS))
-def test_config_states_its_recipe_and_runs(
-    name: str, mini_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def test_config_states_its_recipe_runs_and_its_checkpoint_is_usable(
+    name: str, mini_dir: Path, tmp_path: Path, photos: list[Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     torch.set_num_threads(1)
     path = CONFIGS / f"{name}.yaml"
@@ -226,10 +228,13 @@ def test_config_states_its_recipe_and_runs(
     )
     assert run.trainer.global_step == 1
     assert torch.isfinite(run.trainer.callback_metrics["val/loss"])
+    check_usable(run.trainer, tmp_path, photos)  # classify, export, serve
 
 
 @pytest.mark.parametrize("lever", sorted(p.stem for p in (CONFIGS / "cpu_levers").glob("*.yaml")))
-def test_each_cpu_lever_composes_with_the_base_and_runs(lever: str, mini_dir: Path, tmp_path: Path) -> None:
+def test_each_cpu_lever_composes_with_the_base_and_runs(
+    lever: str, mini_dir: Path, tmp_path: Path, photos: list[Path]
+) -> None:
     # benchmarks.cpu_time_to_accuracy --lever NAME runs exactly this composition.
     torch.set_num_threads(1)
     path = CONFIGS / "cpu_levers" / f"{lever}.yaml"
@@ -252,6 +257,7 @@ def test_each_cpu_lever_composes_with_the_base_and_runs(lever: str, mini_dir: Pa
         ]
     )
     assert run.trainer.global_step == 1
+    check_usable(run.trainer, tmp_path, photos)  # classify, export, serve
     config = run.config["fit"]
     base = yaml.safe_load((CONFIGS / "cpu_base.yaml").read_text())
     assert lookup(config, "model.backbone").__name__ == base["model"]["backbone"].rsplit(".", 1)[1]  # the base's

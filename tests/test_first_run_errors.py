@@ -124,7 +124,7 @@ def test_data_split_settings_are_checked_where_accepted(mini_dir: Path, capsys: 
     err = rejected(
         ["fit", "--config", QUICK, *small(mini_dir), "--data.split", "random", "--data.noisy_labels", "5"], capsys
     )
-    assert "noisy_labels=5 follows the official split: use split='folders'" in err
+    assert "noisy_labels=5 follows the official split: use --data.split folders" in err
 
 
 @pytest.mark.parametrize("kind", ["missing", "text", "folder", "truncated"])
@@ -143,7 +143,7 @@ def test_ckpt_path_that_is_no_checkpoint_is_named(
         err = rejected(
             [subcommand, "--config", QUICK, *small(mini_dir), *_logs(tmp_path), "--ckpt_path", str(ckpt)], capsys
         )
-        what = {"missing": "no such file", "folder": "is a folder"}.get(
+        what = {"missing": "does not exist", "folder": "is a folder"}.get(
             kind, "is not a checkpoint (torch.save's format"
         )
         assert f"ckpt_path={ckpt}" in err and what in err and "give the .ckpt file a fit wrote" in err

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 from PIL import Image
 from torchvision.datasets import Imagenette
 
@@ -21,8 +20,6 @@ from imagenette_sota.module import ImagenetteClassifier
 from imagenette_sota.predict import Predictor
 from imagenette_sota.trained import DATA_KEY, CheckpointError, load
 
-NEW_KEYS = ("presize", "classes", "class_names", "normalize", "augment")  # what older checkpoints lack
-
 
 @pytest.fixture(scope="module")
 def predictor(tiny_ckpt: Path) -> Predictor:
@@ -31,7 +28,7 @@ def predictor(tiny_ckpt: Path) -> Predictor:
 
 def test_checkpoint_carries_what_inference_needs(tiny_ckpt: Path, mini_dir: Path, tmp_path: Path) -> None:
     saved = torch.load(tiny_ckpt, map_location="cpu", weights_only=True)
-    assert saved["backbone"] == "imagenette_sota.models.xresnet.xresnet18"
+    assert saved["backbone"] == "imagenette_sota.models.xresnet18"
     state = saved[DATA_KEY]
     wnids = sorted(p.name for p in (mini_dir / "train").iterdir())
     assert state["classes"] == wnids
@@ -161,34 +158,6 @@ def test_augment_tta_redraws_crops_and_answers_alike_in_any_batch(tiny_ckpt: Pat
         torch.testing.assert_close(torch.stack(answers), torch.stack(together), atol=1e-5, rtol=0)
     plain = Predictor.from_checkpoint(tiny_ckpt, device="cpu")
     assert not torch.allclose(torch.stack(together), torch.stack([p.probs for p in plain(photos[:4])]), atol=1e-4)
-
-
-def _old(tiny_ckpt: Path, folder: Path) -> Path:
-    """The checkpoint as written before it carried the inference settings."""
-    saved = torch.load(tiny_ckpt, map_location="cpu", weights_only=True)
-    del saved["backbone"]
-    saved[DATA_KEY] = {k: v for k, v in saved[DATA_KEY].items() if k not in NEW_KEYS}
-    folder.mkdir(parents=True)
-    torch.save(saved, folder / "old.ckpt")
-    return folder / "old.ckpt"
-
-
-def test_old_checkpoints_load_or_name_the_options(tiny_ckpt: Path, predictor: Predictor, tmp_path: Path) -> None:
-    old = _old(tiny_ckpt, tmp_path / "bare")
-    with pytest.raises(CheckpointError, match=r"--presize <value> --normalize <value> --dataset <value>"):
-        Predictor.from_checkpoint(old)
-    x = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
-    given = Predictor.from_checkpoint(old, presize=64, normalize="imagenet", dataset="imagenette2-160")
-    torch.testing.assert_close(given.probabilities(x), predictor.probabilities(x), atol=0, rtol=0)
-    assert given.class_names == predictor.class_names
-    # Written by the CLI: <run>/config.yaml beside <run>/checkpoints/ holds the rest; the backbone from its shapes.
-    run = tmp_path / "run"
-    cli_old = _old(tiny_ckpt, run / "checkpoints")
-    config = {"data": {"dataset": "imagenette2-160", "presize": 64, "normalize": "imagenet", "root": "nowhere"}}
-    (run / "config.yaml").write_text(yaml.safe_dump(config))
-    derived = Predictor.from_checkpoint(cli_old)
-    torch.testing.assert_close(derived.probabilities(x), predictor.probabilities(x), atol=0, rtol=0)
-    assert derived.classes == predictor.classes
 
 
 def test_not_a_checkpoint_is_named(tmp_path: Path) -> None:
