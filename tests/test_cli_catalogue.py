@@ -20,7 +20,7 @@ import torch
 from imagenette_sota.cli import main
 from imagenette_sota.data.catalog import RELEASES, class_names
 
-from .conftest import MINI_MD5
+from .helpers import MINI_MD5
 from .test_download_faults import serve
 
 CONFIGS = Path(__file__).parents[1] / "configs"
