@@ -210,7 +210,10 @@ class ImagenetteCLI(LightningCLI):
         return trainer
 
     def before_fit(self) -> None:
-        """Start a budget's clock: data preparation (a first cache build) is inside it."""
+        """Refuse cycles without a length before a run folder is written; start a budget's clock: data preparation (a
+        first cache build) is inside it."""
+        for cycles in (c for c in self.trainer.callbacks if isinstance(c, OneCycles)):
+            cycles.check_length(self.trainer, self.model)
         for budget in (c for c in self.trainer.callbacks if isinstance(c, TimeBudget)):
             budget.start()
 

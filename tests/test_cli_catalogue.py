@@ -143,6 +143,10 @@ CASES: dict[str, Case] = {
         ["model.label_smoothing", "in [0, 1)"],
     ),
     "valid_pct_above_one": lambda w, t: (fit(t, w.mini_dir, "--data.valid_pct", "1.5"), ["data.valid_pct"]),
+    "cycles_without_max_epochs": lambda w, t: (
+        fit(t, w.mini_dir, "--trainer.max_epochs=-1", "--trainer.max_steps", "1"),
+        ["max_epochs=-1", "--trainer.max_epochs N"],
+    ),
     "noisy_labels_random_split": lambda w, t: (
         fit(t, w.mini_dir, "--data.split", "random", "--data.noisy_labels", "5"),
         ["noisy_labels=5 follows the official split", "--data.split folders"],

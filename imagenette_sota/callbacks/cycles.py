@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch.optim.lr_scheduler import OneCycleLR
 
 from imagenette_sota.callbacks.progressive import ProgressiveResize
@@ -48,9 +49,13 @@ class OneCycles(Callback):
         self.epochs = sorted(schedule)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        """Refuse a fit whose length would stretch or cut fine_tune's last cycle (fast_dev_run aside)."""
+        """Refuse, before anything is written, a fit of unknown length in epochs, or one whose length would stretch or
+        cut fine_tune's last cycle (fast_dev_run aside)."""
+        if stage != "fit":
+            return
+        self.check_length(trainer, pl_module)
         tune = self.fine_tune
-        if stage != "fit" or tune is None or trainer.fast_dev_run:
+        if tune is None or trainer.fast_dev_run:
             return
         last = tune.start_epoch + tune.freeze_epochs
         end = next((k for k in self.epochs if k > last), trainer.max_epochs)
@@ -59,6 +64,15 @@ class OneCycles(Callback):
                 f"max_epochs={trainer.max_epochs!r}: fine_tune from epoch {tune.start_epoch} ends at epoch "
                 f"{tune.end_epoch}, but its last cycle would run to epoch {end}: set trainer.max_epochs to "
                 f"{tune.end_epoch} (or start the next cycle there)"
+            )
+
+    def check_length(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Refuse a fit of unknown length in epochs when a cycle would start: cycles are timed by epochs."""
+        starts = self.epochs or [0] * (getattr(pl_module, "cycle", None) is not None)
+        if starts and (trainer.max_epochs is None or trainer.max_epochs < 0):
+            raise MisconfigurationException(  # a setting's error: the CLI prints it as one message, exit status 2
+                f"max_epochs={trainer.max_epochs!r}: OneCycles times its one-cycles by epochs, so the fit needs a "
+                "length in epochs: set trainer.max_epochs (--trainer.max_epochs N)"
             )
 
     def cycle_at(self, epoch: int, pl_module: L.LightningModule) -> Cycle | None:
@@ -88,8 +102,6 @@ class OneCycles(Callback):
                 f"OneCycles replaces the module's {type(configs[0].scheduler).__name__} with a OneCycleLR; "
                 "configure a OneCycleLR so that a resumed run restores the running cycle into it"
             )
-        if trainer.max_epochs is None or trainer.max_epochs < 0:
-            raise ValueError("OneCycles times its cycles by epochs: set the Trainer's max_epochs")
         end = next((k for k in self.epochs if k > epoch), trainer.max_epochs)
         resize = next((c for c in trainer.callbacks if isinstance(c, ProgressiveResize)), None)
         epochs = range(epoch, end)
