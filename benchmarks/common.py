@@ -1,15 +1,22 @@
-"""Shared helpers for the benchmark scripts: locating the real data, timing, and the JSON last line."""
+"""Shared helpers for the benchmark scripts: locating the real data, first runs on fresh data roots, the precision
+both sides run at, the memory of a process tree, timing, and the JSON last line."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
 import platform
-import resource
+import tempfile
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import get_args
+
+from imagenette_sota.hardware import cpu_bf16
+from imagenette_sota.predict import Precision
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("IMAGENETTE_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -20,14 +27,55 @@ MINI_ARCHIVE = SHARED_DATA / "imagenette2-160-mini.tgz"  # 20 train + 10 val ima
 MINI_MD5 = "ccd053d1de8a33be1698e43ec9141c1b"
 
 
+# Lightning's name of each precision the benchmarks compare ("32", "bf16": the Predictor's names).
+TRAINER_PRECISION: dict[str, str] = {"32": "32-true", "bf16": "bf16-mixed"}
+
+
+def archive(mini: bool = False) -> tuple[Path, str]:
+    """The imagenette2-160 (or mini) archive in ../shared/data and its md5."""
+    return (MINI_ARCHIVE, MINI_MD5) if mini else (FULL_ARCHIVE, FULL_MD5)
+
+
 def imagenette160(mini: bool = False) -> Path:
     """The extracted imagenette2-160 (or mini) folder, extracted from ../shared/data by the suite's code once."""
     from imagenette_sota.data import ImagenetteDataModule
 
-    archive, md5 = (MINI_ARCHIVE, MINI_MD5) if mini else (FULL_ARCHIVE, FULL_MD5)
-    dm = ImagenetteDataModule(root=DATA_ROOT, url=str(archive), md5=md5, cache=False)  # extract only
+    path, md5 = archive(mini)
+    dm = ImagenetteDataModule(root=DATA_ROOT, url=str(path), md5=md5, cache=False)  # extract only
     dm.prepare_data()
     return dm.data_dir
+
+
+@contextlib.contextmanager
+def fresh_root() -> Iterator[Path]:
+    """An empty data root for one first run (the run extracts the archive and builds any cache there), then removed."""
+    DATA_ROOT.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=DATA_ROOT, prefix="first-run-") as root:
+        yield Path(root)
+
+
+def best_precision() -> Precision:
+    """The faster precision on this CPU: bf16 where it has bf16 units (elsewhere bf16 is emulated, slower), else 32."""
+    return "bf16" if cpu_bf16() else "32"
+
+
+def add_precision_argument(p: argparse.ArgumentParser) -> None:
+    """``--precision``: both sides', every run's; by default ``best_precision``, the best of each side on this CPU."""
+    help_ = "every run, both sides (default: bf16 where the CPU has bf16 units, else 32)"
+    p.add_argument("--precision", choices=get_args(Precision), default=best_precision(), help=help_)
+
+
+def with_first_run(name: str, run: dict, memory: PeakMemory) -> dict:
+    """One side's run: its figures, the peak memory of its process tree and ``first_run_s`` (the preparation and
+    the fit: what a first run costs), each key prefixed ``name_``."""
+    run = run | memory.figures() | {"first_run_s": run["prepare_s"] + run["fit_s"]}
+    return {f"{name}_{key}": value for key, value in run.items()}
+
+
+def ratio(figures: dict, runs: tuple[str, str], key: str) -> float | None:
+    """``{a}_{key} / {b}_{key}`` of the two runs ``(a, b)``; None where either figure is missing (or zero)."""
+    a, b = (figures.get(f"{run}_{key}") for run in runs)
+    return a / b if a and b else None
 
 
 def images_per_second(batches: Iterable, consume: Callable[[object], int], warmup: int = 2) -> float:
@@ -44,27 +92,71 @@ def images_per_second(batches: Iterable, consume: Callable[[object], int], warmu
     return n / (time.perf_counter() - start)
 
 
-def peak_rss_gib() -> float:
-    """Peak resident memory of this process (since ``reset_peak_rss``) and its finished children, GiB."""
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    try:  # VmHWM: the peak that reset_peak_rss can reset (Linux)
-        status = Path("/proc/self/status").read_text()
-        own = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:"))
-    except (OSError, StopIteration):
-        pass
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return max(own, children) / 2**20
+class PeakMemory:
+    """Peak memory of this process and every process below it, summed, sampled in a background thread (psutil).
 
+    ``peak_rss_gib``: the resident sets summed (a page several processes share, as forked loader workers share their
+    parent's, counts once in each); ``peak_pss_gib``: each shared page split among its sharers (Linux), what the tree
+    holds (sharers outside the tree count too, as other processes mapping the same libraries: compare on a quiet
+    machine). PSS is read every ``pss_every`` samples only: reading it costs tens of ms in a large process.
+    """
 
-def reset_peak_rss() -> None:
-    """Start this process's peak resident memory afresh (Linux ``clear_refs``; elsewhere nothing changes)."""
-    with contextlib.suppress(OSError):
-        Path("/proc/self/clear_refs").write_text("5")
+    def __init__(self, interval: float = 0.2, pss_every: int = 25) -> None:
+        self.interval, self.pss_every = interval, pss_every
+        self.start_rss = self.peak_rss = self.peak_pss = 0
+        self._samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample_until_stopped, daemon=True)
+
+    def __enter__(self) -> PeakMemory:
+        self.start_rss = self.sample(pss=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sample(pss=True)
+
+    def _sample_until_stopped(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._samples += 1
+            self.sample(pss=self._samples % self.pss_every == 0)
+
+    def sample(self, pss: bool = False) -> int:
+        """Sum the tree's resident sets (and proportional sets if ``pss``) now, keep the peaks; the RSS sum, bytes."""
+        import psutil
+
+        me = psutil.Process()
+        rss = pss_sum = 0
+        for process in [me, *me.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):  # a worker may end between the listing and the reading
+                memory = process.memory_full_info() if pss else process.memory_info()
+                rss += memory.rss
+                pss_sum += getattr(memory, "pss", memory.rss)
+        self.peak_rss = max(self.peak_rss, rss)
+        if pss:
+            self.peak_pss = max(self.peak_pss, pss_sum)
+        return rss
+
+    def figures(self) -> dict[str, float]:
+        """GiB: the peaks, and the RSS sum when sampling began (what earlier runs in this process left held)."""
+        gib = {"peak_rss_gib": self.peak_rss, "peak_pss_gib": self.peak_pss, "rss_at_start_gib": self.start_rss}
+        return {key: value / 2**30 for key, value in gib.items()}
 
 
 def machine() -> str:
     """A short description of this machine for the record."""
     return f"{platform.machine()} {os.cpu_count()} cores, {platform.python_version()}"
+
+
+def rounded(figures: dict) -> dict:
+    """Floats (also inside lists) to 4 decimals, for the JSON line."""
+
+    def r(v):
+        return round(v, 4) if isinstance(v, float) else [r(x) for x in v] if isinstance(v, list) else v
+
+    return {k: r(v) for k, v in figures.items()}
 
 
 def report(figures: dict) -> None:

@@ -47,6 +47,7 @@ BASE = {
     name: "book" for name in ("baseline", "normalize", "progressive", "mixup", "label_smoothing", "book_random_split")
 }
 BASE |= {f"leaderboard_128_{epochs}": "leaderboard" for epochs in (5, 20, 80)}
+BASE["cpu_speedrun_fp32"] = "cpu_speedrun"
 # The CPU proxy's recipe (docs/results.md, the CPU proxy): xresnet18, presize 128, 64 px, batch 64, one-cycle at 3e-3.
 CPU_PROXY = {
     "model.backbone": "imagenette_sota.models.xresnet18",
@@ -140,6 +141,8 @@ FACTS: dict[str, dict[str, Any]] = {
         "final_tta.mode": "flip",
     },
 }
+# The speedrun without bf16 autocast: every fact of the speedrun's but its precision.
+FACTS["cpu_speedrun_fp32"] = {**FACTS["cpu_speedrun"], "trainer.precision": "32-true"}
 
 
 def lookup(config: Any, key: str) -> Any:
