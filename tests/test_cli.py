@@ -12,10 +12,11 @@ import torch
 import yaml
 
 from imagenette_sota.checkpoint_io import AtomicCheckpointIO
-from imagenette_sota.cli import ImagenetteTrainer, cli, main, user_error
+from imagenette_sota.cli import ImagenetteTrainer, cli, main
 from imagenette_sota.data import ImagenetteDataModule
 from imagenette_sota.models import xresnet18
 from imagenette_sota.module import ImagenetteClassifier
+from imagenette_sota.user_errors import user_error
 
 from .helpers import MINI_MD5
 
