@@ -17,14 +17,14 @@ its own (as a user starts one: no caches, imports or memory warmed by the run be
   epoch count that fits the budget by its best guess from one measured epoch: ``fit_one_cycle(1)`` of a fresh
   learner is timed, then a fresh learner runs ``fit_one_cycle(max(1, floor(budget / that)))``.
 
-Both sides run at ``--precision`` (our Trainer's; fastai under ``torch.autocast("cpu", torch.bfloat16)`` for
-``bf16-mixed``, as fastai's own ``to_bf16`` autocasts for CUDA only). Wall times: ``ours`` from the budget's clock
-start (the call of ``fit``, data preparation inside) to the end of the final accuracy (the final TTA, else the last
-validation): ``budget_used_s``; every run also from the Trainer's setup (``fit_s``; fastai: from building its data
-loaders) to that end. Accuracy: the final TTA's when the config has one, else the last validation's (``acc``), and
-the last validation's (``val_acc``). The plot (``--plot``, a PNG): accuracy against budget, and the wall time used
-as a share of it, means over seeds with their standard deviation. Last line: one JSON object.
-"""
+Both sides run at ``--precision`` in channels_last (our Trainer's; fastai through ``benchmarks.fastai_cpu.like_ours``,
+with a CPU autocast for ``bf16-mixed``, as fastai's own ``to_bf16`` autocasts for CUDA only). Wall times: ``ours``
+from the budget's clock start (the call of ``fit``, data preparation inside) to the end of the final accuracy (the
+final TTA, else the last validation): ``budget_used_s``; every run also from the Trainer's setup (``fit_s``; fastai:
+from building its data loaders) to that end. Accuracy: the final TTA's when the config has one, else the last
+validation's (``acc``), and the last validation's (``val_acc``). The plot (``--plot``, a PNG): accuracy against
+budget, and the wall time used as a share of it, means over seeds with their standard deviation. Last line: one JSON
+object."""
 
 from __future__ import annotations
 
@@ -41,8 +41,9 @@ from typing import Any
 
 import lightning as L
 
-from benchmarks.common import QUIET_FIT, REPO, fastai_dataloaders, imagenette160, machine, report
-from benchmarks.cpu_proxy import rounded
+from benchmarks.common import REPO, fastai_dataloaders, imagenette160, machine, report, rounded
+from benchmarks.fastai_cpu import like_ours
+from imagenette_sota import quiet
 from imagenette_sota.budget import parse_duration
 
 SPEEDRUN = REPO / "configs" / "cpu_speedrun.yaml"
@@ -68,7 +69,7 @@ def ours(configs: list[Path], data_dir: Path, seed: int, extra: list[str], name:
     from imagenette_sota.cli import cli
 
     args = ["fit", *(x for c in configs for x in ("--config", str(c))), "--data.root", str(data_dir)]
-    args += ["--seed_everything", str(seed), *QUIET_FIT, *extra]
+    args += ["--seed_everything", str(seed), *quiet.CLI_ARGS, *extra]
     print(f"{name}: imagenette-sota {' '.join(args)}", flush=True)
     clock = FitClock()
     run = cli(args, trainer_defaults={"callbacks": [clock]}, save_config_callback=None)
@@ -93,22 +94,8 @@ def ours(configs: list[Path], data_dir: Path, seed: int, extra: list[str], name:
 
 def fastai_fit(data_dir: Path, args: argparse.Namespace, seed: int, epochs: int) -> dict[str, Any]:
     """fit_one_cycle(epochs) of the chapter's recipe on a fresh learner: accuracy and wall time."""
-    import torch
-    from fastai.callback.core import Callback
     from fastai.vision.all import CrossEntropyLossFlat, LabelSmoothingCrossEntropyFlat, Learner, accuracy, set_seed
     from fastai.vision.models import xresnet as fa_models
-
-    class CpuBf16(Callback):
-        """fastai's MixedPrecision pattern with a CPU autocast: forward and loss in bfloat16."""
-
-        order = 10
-
-        def before_batch(self) -> None:
-            self.autocast = torch.autocast("cpu", dtype=torch.bfloat16)
-            self.autocast.__enter__()
-
-        def after_loss(self) -> None:
-            self.autocast.__exit__(None, None, None)
 
     set_seed(seed)
     start = time.perf_counter()
@@ -116,8 +103,7 @@ def fastai_fit(data_dir: Path, args: argparse.Namespace, seed: int, epochs: int)
     ls = args.fastai_label_smoothing
     loss = LabelSmoothingCrossEntropyFlat(eps=ls) if ls else CrossEntropyLossFlat()
     learn = Learner(dls, getattr(fa_models, args.fastai_arch)(n_out=10), loss_func=loss, metrics=accuracy)
-    if args.precision.startswith("bf16"):
-        learn.add_cb(CpuBf16())
+    like_ours(learn, "bf16" if args.precision.startswith("bf16") else "32")  # our layout and precision
     with learn.no_bar():
         fit_start = time.perf_counter()
         learn.fit_one_cycle(epochs, args.fastai_lr)
