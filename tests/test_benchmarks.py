@@ -97,3 +97,25 @@ def test_budget_smoke_runs_both_sides_and_draws_the_figure(mini_archive: Path, t
     assert run["fastai"]["epochs"] == max(1, int(5 // run["fastai"]["measured_epoch_s"]))
     assert all(0 <= run[side]["acc"] <= 1 for side in ("ours", "ours_epochs", "fastai"))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_leaderboard_smoke_appends_one_line_per_run_of_each_side(tmp_path: Path) -> None:
+    results = tmp_path / "leaderboard.jsonl"
+    results.write_text('{"earlier": "line"}\n')  # appended to, never rewritten
+    command = [sys.executable, "-m", "benchmarks.leaderboard", "--smoke", "--seeds", "3", "--fastai"]
+    command += ["--results", str(results), "--precision", "32-true"]
+    env = {**os.environ, "IMAGENETTE_BENCH_ROOT": str(tmp_path / "data"), "PYTHONPATH": str(REPO)}
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    earlier, ours, fastai = (json.loads(line) for line in results.read_text().splitlines())
+    assert earlier == {"earlier": "line"}
+    assert json.loads(done.stdout.strip().splitlines()[-1])["lines"] == [ours, fastai]
+    assert (ours["side"], fastai["side"]) == ("ours", "fastai") and ours["seed"] == fastai["seed"] == 3
+    assert ours["config"] == "configs/leaderboard_128_5.yaml" and ours["precision"] == fastai["precision"] == "32-true"
+    shipped = "--config configs/leaderboard.yaml --config configs/leaderboard_128_5.yaml"
+    assert ours["command"] == f"imagenette-sota fit {shipped} --seed_everything 3 --trainer.precision 32-true"
+    for line in (ours, fastai):
+        assert line["epochs"] == len(line["epoch_acc"]) == len(line["epoch_s"]) == 2
+        assert all(0 <= a <= 1 for a in line["epoch_acc"]) and line["epoch_s"] == sorted(line["epoch_s"])
+        assert line["fit_s"] == line["epoch_s"][-1] > 0 and line["date"].endswith("Z") and line["smoke"] is True
+    assert ours["val_images"] == 100 and ours["data"] == "imagenette2-160-mini.tgz"

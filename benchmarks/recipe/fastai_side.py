@@ -45,6 +45,7 @@ from fastai.vision.all import (
 )
 from fastai.vision.models.xresnet import xresnet50
 
+from benchmarks.fastai_cpu import CPUAutocast, EpochTick
 from benchmarks.recipe.diagnostics import area_prefilter
 from benchmarks.recipe.scale import side, stages
 
@@ -70,8 +71,18 @@ class EpochValues(Callback):
         self.epoch_accs.append(float(self.recorder.values[-1][2]))
 
 
-def dataloaders(data: Path, leaderboard: bool, presize: int, normalize: bool, size: int, bs: int) -> DataLoaders:
-    """The recipe's DataBlock at ``size`` and batch ``bs``: train_imagenette.py's get_dls, or the book's presizing."""
+def dataloaders(
+    data: Path,
+    leaderboard: bool,
+    presize: int,
+    normalize: bool,
+    size: int,
+    bs: int,
+    device: str = "cpu",
+    workers: int | None = 0,
+) -> DataLoaders:
+    """The recipe's DataBlock at ``size`` and batch ``bs``: train_imagenette.py's get_dls, or the book's presizing
+    (``workers`` None: fastai's default)."""
     norm = [Normalize.from_stats(*imagenet_stats)] if normalize else []
     if leaderboard:
         item, batch = [RandomResizedCrop(size, min_scale=0.35), FlipItem(0.5)], norm
@@ -85,7 +96,8 @@ def dataloaders(data: Path, leaderboard: bool, presize: int, normalize: bool, si
         item_tfms=item,
         batch_tfms=batch,
     )
-    return block.dataloaders(data, bs=bs, num_workers=0, device=torch.device("cpu"))
+    workers_kw = {} if workers is None else {"num_workers": workers}
+    return block.dataloaders(data, bs=bs, device=torch.device(device), **workers_kw)
 
 
 def optimizer(model: dict[str, Any]) -> Callable:
@@ -129,13 +141,19 @@ def fastai_side(
     scale: float,
     seed: int,
     prefilter: str = "fastai",
+    precision: str = "32-true",
+    device: str = "cpu",
+    workers: int | None = 0,
+    limit_batches: int | None = None,
 ) -> dict:
     """fastai's version of the recipe (see the module doc) on the same data, scale and number of steps, seeded;
-    ``prefilter="ours"`` runs it inside ``area_prefilter``."""
+    ``prefilter="ours"`` runs it inside ``area_prefilter``. ``precision`` as Lightning names it (fastai's
+    ``to_fp16`` / ``to_bf16`` on a GPU, ``CPUAutocast`` for bf16 on the CPU); ``workers`` None: fastai's default;
+    ``limit_batches``: the first batches of each epoch only (smoke runs)."""
     m, d = config["model"], config["data"]
     epochs = epochs or config["trainer"]["max_epochs"]
     leaderboard, normalize = name.startswith("leaderboard"), d["normalize"] == "imagenet"
-    dls = partial(dataloaders, data, leaderboard, side(d["presize"], scale), normalize)
+    dls = partial(dataloaders, data, leaderboard, side(d["presize"], scale), normalize, device=device, workers=workers)
     smoothing = m["label_smoothing"]
     loss = LabelSmoothingCrossEntropyFlat(eps=smoothing) if smoothing else CrossEntropyLossFlat()
     values = EpochValues()
@@ -146,11 +164,30 @@ def fastai_side(
     first = scheduled[0] if scheduled else (side(d["train_size"], scale), d["batch_size"])
     net = network(m)
     learn = Learner(dls(*first), net, loss_func=loss, opt_func=optimizer(m), metrics=accuracy, cbs=cbs)
+    if limit_batches:
+        for dl in learn.dls.loaders:
+            dl.n = min(dl.n, limit_batches * dl.bs)
+    with_precision(learn, precision, device)
     start = time.perf_counter()
+    tick = EpochTick(start)
+    learn.add_cb(tick)
     filtered = area_prefilter() if prefilter == "ours" else contextlib.nullcontext()
     with learn.no_bar(), learn.no_logging(), filtered:
         fit(learn, config, epochs, dls)
     wall = time.perf_counter() - start
     losses = values.epoch_losses
     steps = sum(len(e) for e in losses)
-    return {"acc": values.epoch_accs, "loss": [sum(e) / len(e) for e in losses], "steps": steps, "s": wall}
+    accs, loss_means = values.epoch_accs, [sum(e) / len(e) for e in losses]
+    return {"acc": accs, "loss": loss_means, "steps": steps, "s": wall, "epoch_s": tick.epoch_s}
+
+
+def with_precision(learn: Learner, precision: str, device: str) -> None:
+    """fastai's mixed precision as Lightning's ``precision`` names it: its own callbacks on a GPU, ours on the CPU."""
+    if precision == "32-true":
+        return
+    if torch.device(device).type == "cuda":
+        learn.to_fp16() if precision == "16-mixed" else learn.to_bf16()
+    elif precision == "bf16-mixed":
+        learn.add_cb(CPUAutocast())
+    else:
+        raise ValueError(f"fastai's side runs {precision!r} on a GPU only: pass --precision 32-true or bf16-mixed")

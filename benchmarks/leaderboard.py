@@ -1,0 +1,208 @@
+"""The Imagenette leaderboard's 128 px rows at full scale: a shipped ``leaderboard_128_*`` config, one fit per seed,
+each appending one JSON line to ``benchmarks/results/leaderboard.jsonl``.
+
+    python -m benchmarks.leaderboard --config configs/leaderboard_128_5.yaml              # CPU: bf16 if it has units
+    python -m benchmarks.leaderboard --config configs/leaderboard_128_5.yaml --seeds 0 1 2 --precision config  # GPU
+    python -m benchmarks.leaderboard --config configs/leaderboard_128_5.yaml --fastai      # + fastai's own recipe
+    python -m benchmarks.leaderboard --smoke                                               # seconds, mini archive
+
+Ours is ``imagenette-sota fit --config configs/leaderboard.yaml --config CONFIG`` (the line's ``command``) on the whole
+of Imagenette, validating on all of the official val split every epoch; ``--fastai`` adds fastai's own recipe (its
+``examples/train_imagenette.py`` as ``benchmarks.recipe.fastai_side`` builds it) on the same data and precision, the
+like-for-like row. ``--precision``: ``config`` keeps the config's (``16-mixed``: GPU only); by default bf16 autocast
+on a CPU with bf16 units (elsewhere bf16 is emulated, slower), fp32 on other CPUs, the config's on a GPU. A line:
+config, side, precision, epochs, seed, per-epoch accuracy and wall seconds (from the fit's start to each validation's
+end), the preparation before the fit, device, machine, date (UTC) and data archive. Last line: one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.common import REPO, archive, fresh_root, report, rounded
+from benchmarks.cpu_proxy import EpochClock
+from imagenette_sota import quiet
+from imagenette_sota.hardware import cpu_bf16
+
+CONFIGS = REPO / "configs"
+BASE = CONFIGS / "leaderboard.yaml"
+RESULTS = REPO / "benchmarks" / "results" / "leaderboard.jsonl"
+# --smoke: the recipe's structure at a size the CPU runs in seconds.
+SMOKE = ["--data.presize", "40", "--data.train_size", "32", "--data.val_size", "32", "--data.batch_size", "16"]
+SMOKE += ["--trainer.max_epochs", "2", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "2"]
+SMOKE_SCALE = 0.25  # fastai's side at --smoke: every image side times this (128 px crops: 32)
+
+
+def device_name() -> str:
+    """The accelerator's name, else the CPU's model and whether it has bf16 units."""
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    model = next(
+        (line.split(":", 1)[1].strip() for line in _cpuinfo().splitlines() if line.startswith("model name")),
+        platform.processor() or platform.machine(),
+    )
+    return f"{model}, {os.cpu_count()} cores, bf16 units: {cpu_bf16()}"
+
+
+def _cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
+def precision_for(asked: str) -> str | None:
+    """Lightning's precision for ``--precision`` (None: the config's own)."""
+    if asked == "config" or (asked == "auto" and torch.cuda.is_available()):
+        return None
+    if asked == "auto":
+        return "bf16-mixed" if cpu_bf16() else "32-true"
+    return asked
+
+
+def config_precision(configs: list[Path]) -> str:
+    """The precision the composed ``configs`` set (the last one that sets it)."""
+    import yaml
+
+    found = [yaml.safe_load(c.read_text()).get("trainer", {}).get("precision") for c in configs]
+    return next((p for p in reversed(found) if p is not None), "32-true")
+
+
+def ours(config: Path, seed: int, precision: str | None, data: tuple[Path, str], smoke: bool) -> dict[str, Any]:
+    """One fit of ``config`` over the leaderboard base through the CLI on a fresh data root: per-epoch accuracy."""
+    from imagenette_sota.cli import cli
+
+    configs = [BASE, config]
+    settings = ["--seed_everything", str(seed)] + (["--trainer.precision", precision] if precision else [])
+    shown = ["fit", *(x for c in configs for x in ("--config", str(c.relative_to(REPO)))), *settings]
+    args = ["fit", *(x for c in configs for x in ("--config", str(c))), *settings]
+    with fresh_root() as root:
+        extra = ["--data.root", str(root), "--data.url", str(data[0]), "--data.md5", data[1], *quiet.CLI_ARGS]
+        extra += SMOKE if smoke else []
+        print(f"ours: imagenette-sota {' '.join(shown)}", flush=True)
+        clock = EpochClock()
+        start = time.perf_counter()
+        run = cli([*args, *extra], trainer_defaults={"callbacks": [clock]}, save_config_callback=None)
+        trainer = run.trainer
+        line = {
+            "side": "ours",
+            "command": f"imagenette-sota {' '.join(shown)}",
+            "precision": str(trainer.precision),
+            "epochs": trainer.max_epochs,
+            "batch_size": run.datamodule.batch_size,
+            "train_images": len(run.datamodule.train_set),
+            "val_images": len(run.datamodule.val_set),
+        }
+        del run
+    gc.collect()
+    acc, epoch_s = list(clock.accs), list(clock.times)
+    return line | {"epoch_acc": acc, "epoch_s": epoch_s, "fit_s": epoch_s[-1], "prepare_s": clock.start - start}
+
+
+def fastai(config: Path, seed: int, precision: str, data: tuple[Path, str], smoke: bool) -> dict[str, Any]:
+    """fastai's own recipe for ``config`` (``benchmarks.recipe.fastai_side``) at full scale, at ``precision``."""
+    from benchmarks.recipe.fastai_side import fastai_side
+    from benchmarks.recipe.scale import scaled
+    from imagenette_sota.data import ImagenetteDataModule
+
+    with fresh_root() as root, tempfile.TemporaryDirectory() as tmp:
+        dm = ImagenetteDataModule(root=root, url=str(data[0]), md5=data[1], cache=False)  # extract only
+        start = time.perf_counter()
+        dm.prepare_data()
+        prepare_s = time.perf_counter() - start
+        scale = SMOKE_SCALE if smoke else 1.0
+        _, parsed = scaled(config.stem, scale, [], Path(tmp))
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        run = fastai_side(
+            config.stem,
+            parsed,
+            dm.data_dir,
+            2 if smoke else None,
+            scale,
+            seed,
+            precision=precision,
+            device=device,
+            workers=None,  # fastai's default loader workers
+            limit_batches=2 if smoke else None,
+        )
+    epoch_s = run["epoch_s"]
+    return {
+        "side": "fastai",
+        "command": f"python -m benchmarks.leaderboard --config {config.relative_to(REPO)} --fastai",
+        "precision": precision,
+        "epochs": len(run["acc"]),
+        "batch_size": parsed["data"]["batch_size"],
+        "epoch_acc": run["acc"],
+        "epoch_s": epoch_s,
+        "fit_s": epoch_s[-1],
+        "prepare_s": prepare_s,
+    }
+
+
+def append(path: Path, line: dict[str, Any]) -> None:
+    """Append one JSON line in one write (a run killed mid-write leaves no partial line behind a complete one)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.write(json.dumps(line) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", type=Path, default=CONFIGS / "leaderboard_128_5.yaml", help="a leaderboard_128_* file")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    choices = ["auto", "config", "32-true", "bf16-mixed", "16-mixed"]
+    p.add_argument("--precision", choices=choices, default="auto", help="both sides' (see above)")
+    p.add_argument("--fastai", action="store_true", help="also fastai's own recipe, first seed only")
+    p.add_argument("--skip-ours", action="store_true")
+    p.add_argument("--archive", type=Path, help="default: imagenette2-160 from ../shared/data (--smoke: the mini)")
+    p.add_argument("--md5", help="of --archive")
+    p.add_argument("--results", type=Path, help=f"the JSON lines file (default {RESULTS.relative_to(REPO)})")
+    p.add_argument("--smoke", action="store_true", help="tiny sizes, 2 batches an epoch, the mini archive")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    data = (args.archive, args.md5 or "") if args.archive else archive(args.smoke)
+    results = args.results or (Path(tempfile.gettempdir()) / "leaderboard-smoke.jsonl" if args.smoke else RESULTS)
+    config = args.config.resolve()
+    precision = precision_for(args.precision)
+    common = {
+        "config": str(config.relative_to(REPO)),
+        "device": device_name(),
+        "machine": f"{platform.machine()} {os.cpu_count()} cores",
+        "data": data[0].name,
+        "smoke": args.smoke,
+        "torch": torch.__version__,
+    }
+    lines = []
+    runs = [] if args.skip_ours else [("ours", seed) for seed in args.seeds]
+    runs += [("fastai", args.seeds[0])] if args.fastai else []
+    for side, seed in runs:
+        date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        if side == "ours":
+            line = ours(config, seed, precision, data, args.smoke)
+        else:
+            line = fastai(config, seed, precision or config_precision([BASE, config]), data, args.smoke)
+        line = rounded(common | line | {"seed": seed, "date": date})
+        append(results, line)
+        print(f"{side} seed {seed}: {line['epoch_acc']} in {line['fit_s']:.0f} s -> {results}", flush=True)
+        lines.append(line)
+    report({"results": str(results), "lines": lines})
+
+
+if __name__ == "__main__":
+    main()
