@@ -3,6 +3,7 @@
 #
 #   make gpu-data                      # here, once: .gpu-data/ = WebP archive + 300 JPEGs + wheels
 #   bash benchmarks/gpu.sh [benchmarks.gpu options]   # there, from the repository root, with .gpu-data carried
+#   MODULE=benchmarks.leaderboard bash benchmarks/gpu.sh [its options]   # the leaderboard rows instead
 #
 # Installs from .gpu-data/wheels only what is not installed (pip --no-index --no-deps --target /tmp/gpu-site),
 # puts the repository on PYTHONPATH (no build step), runs benchmarks/gpu/ (python -m benchmarks.gpu) under `timeout` and writes everything
@@ -42,10 +43,11 @@ $PY -m pip list 2>/dev/null | grep -iE '^(torch|torchvision|lightning|torchmetri
 
 left=$((LIMIT_S - (SECONDS - START)))
 ((left < 60)) && left=60  # a late start still gets a minute (and benchmarks.gpu 20 s of budget)
-echo "gpu.sh: $left s left for benchmarks.gpu" | tee -a "$OUT/gpu.log"
-timeout -k 10 "$left" $PY -m benchmarks.gpu --out "$OUT" --budget $((left - 40)) "$@" 2>&1 | tee -a "$OUT/gpu.log"
+MODULE=${MODULE:-benchmarks.gpu}  # benchmarks.leaderboard: the leaderboard rows (its --out and --budget alike)
+echo "gpu.sh: $left s left for $MODULE" | tee -a "$OUT/gpu.log"
+timeout -k 10 "$left" $PY -m "$MODULE" --out "$OUT" --budget $((left - 40)) "$@" 2>&1 | tee -a "$OUT/gpu.log"
 rc=${PIPESTATUS[0]}
 if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then  # 137: killed 10 s after SIGTERM (Lightning catches SIGTERM)
-  echo "gpu.sh: benchmarks.gpu hit the $left s limit; $OUT/gpu.json holds the figures so far" | tee -a "$OUT/gpu.log"
+  echo "gpu.sh: $MODULE hit the $left s limit; what it wrote to $OUT so far stays" | tee -a "$OUT/gpu.log"
 fi
 exit "$rc"

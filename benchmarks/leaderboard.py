@@ -5,6 +5,7 @@ each appending one JSON line to ``benchmarks/results/leaderboard.jsonl``.
     python -m benchmarks.leaderboard --config configs/leaderboard_128_5.yaml --seeds 0 1 2 --precision config  # GPU
     python -m benchmarks.leaderboard --config configs/leaderboard_128_5.yaml --fastai      # + fastai's own recipe
     python -m benchmarks.leaderboard --smoke                                               # seconds, mini archive
+    MODULE=benchmarks.leaderboard bash benchmarks/gpu.sh --config configs/leaderboard_128_5.yaml --seeds 0 1 2 --fastai
 
 Ours is ``imagenette-sota fit --config configs/leaderboard.yaml --config CONFIG`` (the line's ``command``) on the whole
 of Imagenette, validating on all of the official val split every epoch; ``--fastai`` adds fastai's own recipe (its
@@ -13,6 +14,10 @@ like-for-like row. ``--precision``: ``config`` keeps the config's (``16-mixed``:
 on a CPU with bf16 units (elsewhere bf16 is emulated, slower), fp32 on other CPUs, the config's on a GPU. A line:
 config, side, precision, epochs, seed, per-epoch accuracy and wall seconds (from the fit's start to each validation's
 end), the preparation before the fit, device, machine, date (UTC) and data archive. Last line: one JSON object.
+
+On a lent GPU (``benchmarks/gpu.sh`` with ``MODULE`` set, ``.gpu-data`` carried): the data is the 128 px WebP copy
+where ../shared/data is absent, the lines go to ``--out`` (``$OUT``), and a run that would not end inside
+``--budget`` seconds (judged from the runs before it, per epoch) is skipped and named in the last line.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import REPO, archive, fresh_root, report, rounded
+from benchmarks.common import FULL_ARCHIVE, REPO, archive, fresh_root, report, rounded
 from benchmarks.cpu_proxy import EpochClock
 from imagenette_sota import quiet
 from imagenette_sota.hardware import cpu_bf16
@@ -170,14 +175,29 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--archive", type=Path, help="default: imagenette2-160 from ../shared/data (--smoke: the mini)")
     p.add_argument("--md5", help="of --archive")
     p.add_argument("--results", type=Path, help=f"the JSON lines file (default {RESULTS.relative_to(REPO)})")
+    p.add_argument("--out", type=Path, help="a folder: the lines go to OUT/leaderboard.jsonl (gpu.sh passes $OUT)")
+    p.add_argument("--budget", type=float, help="seconds in all: skip a run that would not end inside it")
     p.add_argument("--smoke", action="store_true", help="tiny sizes, 2 batches an epoch, the mini archive")
     return p
 
 
+def data_archive(args: argparse.Namespace) -> tuple[Path, str]:
+    """``--archive``, else imagenette2-160 from ../shared/data, else (a lent GPU) the carried 128 px WebP copy."""
+    if args.archive:
+        return args.archive, args.md5 or ""
+    if args.smoke or FULL_ARCHIVE.exists():
+        return archive(args.smoke)
+    from benchmarks.gpu.run import WEBP_ARCHIVE, WEBP_MD5
+
+    return WEBP_ARCHIVE, WEBP_MD5
+
+
 def main(argv: list[str] | None = None) -> None:
+    start = time.perf_counter()
     args = parser().parse_args(argv)
-    data = (args.archive, args.md5 or "") if args.archive else archive(args.smoke)
-    results = args.results or (Path(tempfile.gettempdir()) / "leaderboard-smoke.jsonl" if args.smoke else RESULTS)
+    data = data_archive(args)
+    smoke_results = Path(tempfile.gettempdir()) / "leaderboard-smoke.jsonl"
+    results = args.results or (args.out / "leaderboard.jsonl" if args.out else smoke_results if args.smoke else RESULTS)
     config = args.config.resolve()
     precision = precision_for(args.precision)
     common = {
@@ -188,10 +208,15 @@ def main(argv: list[str] | None = None) -> None:
         "smoke": args.smoke,
         "torch": torch.__version__,
     }
-    lines = []
+    lines, skipped = [], []
     runs = [] if args.skip_ours else [("ours", seed) for seed in args.seeds]
     runs += [("fastai", args.seeds[0])] if args.fastai else []
     for side, seed in runs:
+        if args.budget is not None and lines:
+            per_epoch = max((line["prepare_s"] + line["fit_s"]) / line["epochs"] for line in lines)
+            if time.perf_counter() - start + per_epoch * lines[-1]["epochs"] > args.budget:
+                skipped.append(f"{side} seed {seed}")
+                continue
         date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         if side == "ours":
             line = ours(config, seed, precision, data, args.smoke)
@@ -201,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
         append(results, line)
         print(f"{side} seed {seed}: {line['epoch_acc']} in {line['fit_s']:.0f} s -> {results}", flush=True)
         lines.append(line)
-    report({"results": str(results), "lines": lines})
+    report({"results": str(results), "lines": lines, "skipped": skipped})
 
 
 if __name__ == "__main__":
