@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import FULL_ARCHIVE, REPO, archive, fresh_root, report, rounded
+from benchmarks.common import FULL_ARCHIVE, REPO, archive, fresh_root, machine, report, rounded
 from benchmarks.cpu_proxy import EpochClock
 from imagenette_sota import quiet
 from imagenette_sota.hardware import cpu_bf16
@@ -44,8 +44,10 @@ CONFIGS = REPO / "configs"
 BASE = CONFIGS / "leaderboard.yaml"
 RESULTS = REPO / "benchmarks" / "results" / "leaderboard.jsonl"
 # --smoke: the recipe's structure at a size the CPU runs in seconds.
+SMOKE_EPOCHS = SMOKE_BATCHES = 2  # both sides at --smoke: epochs, and batches an epoch
 SMOKE = ["--data.presize", "40", "--data.train_size", "32", "--data.val_size", "32", "--data.batch_size", "16"]
-SMOKE += ["--trainer.max_epochs", "2", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "2"]
+SMOKE += ["--trainer.max_epochs", str(SMOKE_EPOCHS)]
+SMOKE += [f"--trainer.limit_{split}_batches={SMOKE_BATCHES}" for split in ("train", "val")]
 SMOKE_SCALE = 0.25  # fastai's side at --smoke: every image side times this (128 px crops: 32)
 
 
@@ -74,14 +76,6 @@ def precision_for(asked: str) -> str | None:
     if asked == "auto":
         return "bf16-mixed" if cpu_bf16() else "32-true"
     return asked
-
-
-def config_precision(configs: list[Path]) -> str:
-    """The precision the composed ``configs`` set (the last one that sets it)."""
-    import yaml
-
-    found = [yaml.safe_load(c.read_text()).get("trainer", {}).get("precision") for c in configs]
-    return next((p for p in reversed(found) if p is not None), "32-true")
 
 
 def ours(config: Path, seed: int, precision: str | None, data: tuple[Path, str], smoke: bool) -> dict[str, Any]:
@@ -115,8 +109,9 @@ def ours(config: Path, seed: int, precision: str | None, data: tuple[Path, str],
     return line | {"epoch_acc": acc, "epoch_s": epoch_s, "fit_s": epoch_s[-1], "prepare_s": clock.start - start}
 
 
-def fastai(config: Path, seed: int, precision: str, data: tuple[Path, str], smoke: bool) -> dict[str, Any]:
-    """fastai's own recipe for ``config`` (``benchmarks.recipe.fastai_side``) at full scale, at ``precision``."""
+def fastai(config: Path, seed: int, precision: str | None, data: tuple[Path, str], smoke: bool) -> dict[str, Any]:
+    """fastai's own recipe for ``config`` (``benchmarks.recipe.fastai_side``) at full scale, at ``precision`` (None:
+    the one the composed configs set, as the CLI parses them)."""
     from benchmarks.recipe.fastai_side import fastai_side
     from benchmarks.recipe.scale import scaled
     from imagenette_sota.data import ImagenetteDataModule
@@ -128,18 +123,19 @@ def fastai(config: Path, seed: int, precision: str, data: tuple[Path, str], smok
         prepare_s = time.perf_counter() - start
         scale = SMOKE_SCALE if smoke else 1.0
         _, parsed = scaled(config.stem, scale, [], Path(tmp))
+        precision = precision or parsed["trainer"]["precision"]
         device = "cuda" if torch.cuda.is_available() else "cpu"
         run = fastai_side(
             config.stem,
             parsed,
             dm.data_dir,
-            2 if smoke else None,
+            SMOKE_EPOCHS if smoke else None,
             scale,
             seed,
             precision=precision,
             device=device,
             workers=None,  # fastai's default loader workers
-            limit_batches=2 if smoke else None,
+            limit_batches=SMOKE_BATCHES if smoke else None,
         )
     epoch_s = run["epoch_s"]
     return {
@@ -203,7 +199,7 @@ def main(argv: list[str] | None = None) -> None:
     common = {
         "config": str(config.relative_to(REPO)),
         "device": device_name(),
-        "machine": f"{platform.machine()} {os.cpu_count()} cores",
+        "machine": machine(),
         "data": data[0].name,
         "smoke": args.smoke,
         "torch": torch.__version__,
@@ -221,7 +217,7 @@ def main(argv: list[str] | None = None) -> None:
         if side == "ours":
             line = ours(config, seed, precision, data, args.smoke)
         else:
-            line = fastai(config, seed, precision or config_precision([BASE, config]), data, args.smoke)
+            line = fastai(config, seed, precision, data, args.smoke)
         line = rounded(common | line | {"seed": seed, "date": date})
         append(results, line)
         print(f"{side} seed {seed}: {line['epoch_acc']} in {line['fit_s']:.0f} s -> {results}", flush=True)
