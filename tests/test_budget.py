@@ -95,8 +95,11 @@ def test_a_fit_ends_inside_its_budget_with_the_learning_rate_annealed(mini_dir: 
     # Each stage kept its share of the fit: 40 px from the epoch where the configured epoch 2 landed.
     assert trace.first_epoch_at(40) == plan.timeline.epoch_of(2) > 0
     assert {batch for _, _, size, batch in trace.steps if size == 40} == {24}
-    # Planned once, re-planned at every epoch end after that; each predicted to end inside the budget.
-    assert len(budget.history) == trainer.current_epoch and all(row["end_s"] <= 12 for row in budget.history)
+    # Planned once, re-planned at every epoch end after that and when the 40 px steps were first measured (the
+    # 6th batch of their first epoch: 1 unmeasured, 2 of warm-up, 3 measured); each predicted to end in the budget.
+    assert len(budget.history) == trainer.current_epoch + 1 and all(row["end_s"] <= 12 for row in budget.history)
+    first_at_40 = next(i for i, (_, _, size, _) in enumerate(trace.steps) if size == 40)
+    assert first_at_40 + 6 in [row["step"] for row in budget.history]
 
 
 class VirtualClock(Callback):
@@ -220,6 +223,41 @@ def test_a_foreign_module_s_one_cycle_lr_ends_on_time_and_annealed(tmp_path: Pat
     rows = list(csv.DictReader((tmp_path / "version_0" / "metrics.csv").open()))
     logged = [(int(r["step"]), float(r["budget/steps"])) for r in rows if r.get("budget/steps")]
     assert logged == [(row["step"], row["steps"]) for row in budget.history]
+
+
+class SlowImages(Foreign):
+    """Foreign, with a forward pass of 50 ms (of any batch) and validation steps of 30 ms."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(0.05)
+        return x.flatten(1)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        time.sleep(0.03)
+        super().validation_step(batch, batch_idx)
+
+
+@pytest.mark.parametrize(("sanity", "expected"), [(0, 0.05 * 160 / 16), (2, 0.03 * 160 / 80)])
+def test_the_first_plan_times_a_validation_before_any_has_run(sanity: int, expected: float) -> None:
+    """No sanity check: a forward pass of a training batch's size (16 of the 160 validation images); with one:
+    its second batch (80 images a batch). The model trains on in training mode."""
+    budget, seen = TimeBudget(5, warmup_steps=2, measure_steps=3), {}
+
+    class Snapshot(Callback):
+        def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *_: Any) -> None:
+            seen.setdefault("modes", set()).add(pl_module.training)
+
+        def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+            if not trainer.sanity_checking:
+                seen.setdefault("val_s", dict(budget.val_s))
+
+    trainer = quiet.trainer(
+        accelerator="cpu", max_epochs=3, callbacks=[budget, Snapshot()], num_sanity_val_steps=sanity
+    )
+    budget.start()
+    trainer.fit(SlowImages(), *loaders())
+    (predicted,) = seen["val_s"].values()
+    assert predicted == pytest.approx(expected, rel=0.3) and seen["modes"] == {True}
 
 
 def test_a_schedule_the_budget_cannot_re_time_is_refused_at_the_start() -> None:

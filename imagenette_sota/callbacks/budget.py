@@ -12,12 +12,14 @@ its length. What it does, and when (public trainer state only):
   plan. Measured: seconds per step by training image size and batch size (not the first steps of a fit, of a size,
   or of an epoch: compilation, cuDNN tuning and loader start are inside the budget but not the measurement),
   seconds per validation by validation size, and per-epoch overheads; a size not yet run is predicted from those
-  run (``budget.step_seconds``), a validation not yet run from the training speed. The plan sets the Trainer's
-  ``fit_loop.max_epochs`` and ``fit_loop.epoch_loop.max_steps``, re-times the ``schedule`` of a ``ProgressiveResize``
-  and of ``OneCycles`` among the callbacks (each stage and cycle keeps its share of the fit), and stretches the
-  running ``OneCycleLR`` to its new end through its ``state_dict`` (``budget.retime_one_cycle``): the learning rate
-  goes on from where it is.
-- At each epoch's last batch: a re-plan with what has been measured; what has run stays as it ran.
+  run (``budget.step_seconds``); a validation not yet run from a forward pass of the model on a batch of the
+  validation's shape, timed before the first plan (the training speed misjudges inference: no backward, other
+  kernels). The plan sets the Trainer's ``fit_loop.max_epochs`` and ``fit_loop.epoch_loop.max_steps``, re-times the
+  ``schedule`` of a ``ProgressiveResize`` and of ``OneCycles`` among the callbacks (each stage and cycle keeps its
+  share of the fit), and stretches the running ``OneCycleLR`` to its new end through its ``state_dict``
+  (``budget.retime_one_cycle``): the learning rate goes on from where it is.
+- At each epoch's last batch, and when a new image size's steps are first measured: a re-plan with what has been
+  measured; what has run stays as it ran.
 - At the planned last step: ``trainer.should_stop``, so that the last epoch, which may stop early, is validated.
 - The plan and each re-plan go to the log and to the loggers (``budget/*`` scalars), and into checkpoints: a resumed
   fit goes on with the same plan, the time spent before counted.
@@ -35,6 +37,7 @@ import time
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
@@ -89,6 +92,7 @@ class TimeBudget(Callback):
         self.epoch_s = {"start": 0.0, "end": 0.0}  # per-epoch overheads: loader start; after validation
         self._nominal: dict[str, Any] = {}
         self._session: dict[str, Any] = {}
+        self._measured: set[float] = set()  # the amounts of work (pixels per step) whose steps have been measured
 
     # --- the clock -----------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -173,16 +177,27 @@ class TimeBudget(Callback):
         """Measure the step; plan or re-plan when it is time; stop at the planned last step."""
         if trainer.fast_dev_run or not self._session:
             return
-        self._measure(trainer, batch_idx)
+        measured = self._measure(trainer, batch_idx)
         step, last_batch = trainer.global_step, batch_idx + 1 == trainer.num_training_batches
         done = math.ceil((batch_idx + 1) / trainer.accumulate_grad_batches)  # optimizer steps of this epoch so far
         if self.plan is None:
             if last_batch or step - self._session["step"] >= self.warmup_steps + self.measure_steps:
+                self._measured.add(self._session["work"])  # the first plan has measured this size
+                self._time_validation(trainer, pl_module)
                 self._replan(trainer, done, first=True)
-        elif last_batch and step < self.plan.steps:
-            self._replan(trainer, done, first=False)
+        elif (last_batch or measured) and step < self.plan.steps:
+            epoch = trainer.current_epoch
+            why = f"at the end of epoch {epoch}" if last_batch else f"after {step} steps (a new size measured)"
+            self._replan(trainer, done, first=False, why=why)
         if self.plan is not None and step >= self.plan.steps:
             trainer.should_stop = True  # stops after this batch's validation (Lightning validates a stopping fit)
+
+    def on_validation_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int, *_: Any
+    ) -> None:
+        """The sanity check's batches: after its first, each is what a validation batch costs."""
+        if trainer.sanity_checking and self._session:
+            self._session.setdefault("sanity", []).append(self.clock())
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Time the fit's validations (not the sanity check)."""
@@ -213,6 +228,7 @@ class TimeBudget(Callback):
             "step_s": [list(item) for item in self.step_s.items()],
             "val_s": [list(item) for item in self.val_s.items()],
             "epoch_s": dict(self.epoch_s),
+            "measured": sorted(self._measured),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -224,12 +240,17 @@ class TimeBudget(Callback):
         self.step_s = {w: s for w, s in state_dict["step_s"]}
         self.val_s = {w: s for w, s in state_dict["val_s"]}
         self.epoch_s = dict(state_dict["epoch_s"])
+        self._measured = set(state_dict["measured"])
         if state_dict["budget_s"] != self.seconds:
             rank_zero_info(f"TimeBudget: the budget is now {self.seconds:.0f} s (was {state_dict['budget_s']:.0f})")
 
     # --- measuring -----------------------------------------------------------------------------------------
-    def _measure(self, trainer: L.Trainer, batch_idx: int) -> None:
-        """Batch-to-batch seconds after the warm-ups; what else the epoch's training took is its start overhead."""
+    def _measure(self, trainer: L.Trainer, batch_idx: int) -> bool:
+        """Batch-to-batch seconds after the warm-ups; what else the epoch's training took is its start overhead.
+
+        True when this batch completes the first ``measure_steps`` measured steps of an image and batch size: the
+        plan's prediction for it can give way to a measurement.
+        """
         now, session = self.clock(), self._session
         work = session["work"]
         if batch_idx > 0 and session["last"] is not None:  # the first batch's time includes the loader's start
@@ -252,6 +273,48 @@ class TimeBudget(Callback):
             batches = batch_idx + 1
             batch_s = self.step_s.get(work, 0.0) / trainer.accumulate_grad_batches
             self.epoch_s["start"] = max(0.0, now - session["epoch_start"] - batches * batch_s)
+        if session["count"] == self.measure_steps and work not in self._measured:
+            self._measured.add(work)
+            return True
+        return False
+
+    def _time_validation(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Seconds of a validation, before any has run (rank 0): the sanity check's batches after its first, where
+        it ran two or more; else one forward pass of a batch of the validation's shape, timed after one untimed, in
+        the Trainer's precision context (the loader's time not counted; a module whose forward takes no image batch
+        keeps the prediction from the training speed)."""
+        images = self._val_images(trainer)
+        if self.val_s or not images or not trainer.is_global_zero or trainer.limit_val_batches == 0:
+            return
+        sanity, loader = self._session.get("sanity", []), trainer.val_dataloaders
+        if len(sanity) >= 2 and getattr(loader, "batch_size", None):
+            batch_s = (sanity[-1] - sanity[0]) / (len(sanity) - 1)
+            self.val_s[self._val_work(trainer, 0)] = predicted = batch_s * math.ceil(images / loader.batch_size)
+            rank_zero_info(f"TimeBudget: a validation predicted at {predicted:.1f} s (from the sanity check)")
+            return
+        work = self._val_work(trainer, self.nominal_epochs - 1)
+        side, batch = math.isqrt(int(work)), self._shape(trainer, 0)[1]
+        x = torch.zeros(min(batch, math.ceil(images)), 3, side, side, device=pl_module.device)
+        training, seconds = pl_module.training, []
+        pl_module.eval()
+        try:
+            with torch.no_grad(), trainer.precision_plugin.forward_context():
+                for _ in range(2):
+                    _synchronize(x.device)
+                    start = self.clock()
+                    pl_module(x)
+                    _synchronize(x.device)
+                    seconds.append(self.clock() - start)
+        except (TypeError, ValueError, RuntimeError) as err:
+            rank_zero_info(f"TimeBudget: validation predicted from the training speed ({type(err).__name__}: {err})")
+            return
+        finally:
+            pl_module.train(training)
+        self.val_s[work] = seconds[-1] * images / len(x)
+        rank_zero_info(
+            f"TimeBudget: a validation at {side} px predicted at {self.val_s[work]:.1f} s (a forward pass of "
+            f"{len(x)} images: {seconds[-1]:.2f} s)"
+        )
 
     def _nominal_epoch(self, epoch: int) -> int:
         """The configured epoch that planned ``epoch`` runs."""
@@ -314,7 +377,7 @@ class TimeBudget(Callback):
         return min(images, limit * batch) if isinstance(limit, int) else images * limit
 
     # --- planning ------------------------------------------------------------------------------------------
-    def _replan(self, trainer: L.Trainer, done: int, first: bool) -> None:
+    def _replan(self, trainer: L.Trainer, done: int, first: bool, why: str = "") -> None:
         """Plan on rank 0 from what has been measured, ``done`` steps into the epoch; every rank applies it."""
         epoch, step = trainer.current_epoch, trainer.global_step
         payload = None
@@ -325,7 +388,7 @@ class TimeBudget(Callback):
         new = Plan.from_dict(trainer.strategy.broadcast(payload, src=0))
         previous, self.plan = self.plan, new
         self._apply(trainer, new, done)
-        self._report(trainer, new, previous, epoch)
+        self._report(trainer, new, previous, why)
 
     def _apply(self, trainer: L.Trainer, new: Plan, done: int | None, max_steps: bool = True) -> None:
         """The plan's length to the Trainer, its timeline to the stages and cycles; stretch the running cycle.
@@ -364,8 +427,8 @@ class TimeBudget(Callback):
             starts += epochs
         return starts
 
-    def _report(self, trainer: L.Trainer, new: Plan, previous: Plan | None, epoch: int) -> None:
-        """The plan to the log and to the loggers."""
+    def _report(self, trainer: L.Trainer, new: Plan, previous: Plan | None, why: str) -> None:
+        """The plan to the log and to the loggers (``why``: when a re-plan was made, for the log)."""
         spent = self.elapsed()
         length = new.timeline.end
         row = {"step": trainer.global_step, "spent_s": spent, "steps": new.steps, "epochs": length}
@@ -373,7 +436,7 @@ class TimeBudget(Callback):
         self.history.append(row)
         if not trainer.is_global_zero:
             return
-        when = f"after {trainer.global_step} steps" if previous is None else f"at the end of epoch {epoch}"
+        when = f"after {trainer.global_step} steps" if previous is None else why
         was = "" if previous is None else f" (was {previous.steps})"
         rank_zero_info(
             f"TimeBudget: {'re-plan' if previous else 'plan'} {when}, {spent:.1f} s spent: {new.steps} steps{was} in "
@@ -388,6 +451,12 @@ class TimeBudget(Callback):
         scalars = {f"budget/{k}": float(v) for k, v in row.items() if k != "step"}
         for logger in trainer.loggers:
             logger.log_metrics(scalars, step=trainer.global_step)
+
+
+def _synchronize(device: torch.device) -> None:
+    """Wait for the accelerator's queued work (a CUDA kernel returns before it has run)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _find(trainer: L.Trainer, kind: type) -> Any:
