@@ -4,11 +4,13 @@ each appending one JSON line to ``benchmarks/results/leaderboard.jsonl``.
     python -m benchmarks.leaderboard --config configs/leaderboard_128_5.yaml              # CPU: bf16 if it has units
     python -m benchmarks.leaderboard --config configs/leaderboard_128_5.yaml --seeds 0 1 2 --precision config  # GPU
     python -m benchmarks.leaderboard --config configs/leaderboard_128_5.yaml --fastai      # + fastai's own recipe
+    python -m benchmarks.leaderboard --config configs/leaderboard_128_5.yaml configs/leaderboard_xse.yaml  # + overlay
     python -m benchmarks.leaderboard --smoke                                               # seconds, mini archive
     MODULE=benchmarks.leaderboard bash benchmarks/gpu.sh --config configs/leaderboard_128_5.yaml --seeds 0 1 2 --fastai
 
-Ours is ``imagenette-sota fit --config configs/leaderboard.yaml --config CONFIG`` (the line's ``command``) on the whole
-of Imagenette, validating on all of the official val split every epoch; ``--fastai`` adds fastai's own recipe (its
+Ours is ``imagenette-sota fit --config configs/leaderboard.yaml --config CONFIG [--config OVERLAY ...]`` (the line's
+``command``; an overlay such as leaderboard_xse.yaml changes the row's network, and fastai's side follows it) on the
+whole of Imagenette, validating on all of the official val split every epoch; ``--fastai`` adds fastai's own recipe (its
 ``examples/train_imagenette.py`` as ``benchmarks.recipe.fastai_side`` builds it) on the same data and precision, the
 like-for-like row. ``--precision``: ``config`` keeps the config's (``16-mixed``: GPU only); by default bf16 autocast
 on a CPU with bf16 units (elsewhere bf16 is emulated, slower), fp32 on other CPUs, the config's on a GPU. A line:
@@ -78,11 +80,12 @@ def precision_for(asked: str) -> str | None:
     return asked
 
 
-def ours(config: Path, seed: int, precision: str | None, data: tuple[Path, str], smoke: bool) -> dict[str, Any]:
-    """One fit of ``config`` over the leaderboard base through the CLI on a fresh data root: per-epoch accuracy."""
+def ours(config: list[Path], seed: int, precision: str | None, data: tuple[Path, str], smoke: bool) -> dict[str, Any]:
+    """One fit of ``config`` (a row, then any overlays) over the leaderboard base through the CLI on a fresh data root:
+    per-epoch accuracy."""
     from imagenette_sota.cli import cli
 
-    configs = [BASE, config]
+    configs = [BASE, *config]
     settings = ["--seed_everything", str(seed)] + (["--trainer.precision", precision] if precision else [])
     shown = ["fit", *(x for c in configs for x in ("--config", str(c.relative_to(REPO)))), *settings]
     args = ["fit", *(x for c in configs for x in ("--config", str(c))), *settings]
@@ -109,9 +112,10 @@ def ours(config: Path, seed: int, precision: str | None, data: tuple[Path, str],
     return line | {"epoch_acc": acc, "epoch_s": epoch_s, "fit_s": epoch_s[-1], "prepare_s": clock.start - start}
 
 
-def fastai(config: Path, seed: int, precision: str | None, data: tuple[Path, str], smoke: bool) -> dict[str, Any]:
-    """fastai's own recipe for ``config`` (``benchmarks.recipe.fastai_side``) at full scale, at ``precision`` (None:
-    the one the composed configs set, as the CLI parses them)."""
+def fastai(config: list[Path], seed: int, precision: str | None, data: tuple[Path, str], smoke: bool) -> dict[str, Any]:
+    """fastai's own recipe for ``config`` (a row, then any overlays; ``benchmarks.recipe.fastai_side``) at full
+    scale, at ``precision`` (None: the one the composed configs set, as the CLI parses them)."""
+    row, overlays = config[0], [str(c) for c in config[1:]]
     from benchmarks.recipe.fastai_side import fastai_side
     from benchmarks.recipe.scale import scaled
     from imagenette_sota.data import ImagenetteDataModule
@@ -122,11 +126,11 @@ def fastai(config: Path, seed: int, precision: str | None, data: tuple[Path, str
         dm.prepare_data()
         prepare_s = time.perf_counter() - start
         scale = SMOKE_SCALE if smoke else 1.0
-        _, parsed = scaled(config.stem, scale, [], Path(tmp))
+        _, parsed = scaled(row.stem, scale, overlays, Path(tmp))
         precision = precision or parsed["trainer"]["precision"]
         device = "cuda" if torch.cuda.is_available() else "cpu"
         run = fastai_side(
-            config.stem,
+            row.stem,
             parsed,
             dm.data_dir,
             SMOKE_EPOCHS if smoke else None,
@@ -138,9 +142,10 @@ def fastai(config: Path, seed: int, precision: str | None, data: tuple[Path, str
             limit_batches=SMOKE_BATCHES if smoke else None,
         )
     epoch_s = run["epoch_s"]
+    shown = " ".join(str(c.relative_to(REPO)) for c in config)
     return {
         "side": "fastai",
-        "command": f"python -m benchmarks.leaderboard --config {config.relative_to(REPO)} --fastai",
+        "command": f"python -m benchmarks.leaderboard --config {shown} --fastai",
         "precision": precision,
         "epochs": len(run["acc"]),
         "batch_size": parsed["data"]["batch_size"],
@@ -162,7 +167,8 @@ def append(path: Path, line: dict[str, Any]) -> None:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", type=Path, default=CONFIGS / "leaderboard_128_5.yaml", help="a leaderboard_128_* file")
+    default = [CONFIGS / "leaderboard_128_5.yaml"]
+    p.add_argument("--config", type=Path, nargs="+", default=default, help="a leaderboard_128_* file, then overlays")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     choices = ["auto", "config", "32-true", "bf16-mixed", "16-mixed"]
     p.add_argument("--precision", choices=choices, default="auto", help="both sides' (see above)")
@@ -194,10 +200,10 @@ def main(argv: list[str] | None = None) -> None:
     data = data_archive(args)
     smoke_results = Path(tempfile.gettempdir()) / "leaderboard-smoke.jsonl"
     results = args.results or (args.out / "leaderboard.jsonl" if args.out else smoke_results if args.smoke else RESULTS)
-    config = args.config.resolve()
+    config = [c.resolve() for c in args.config]
     precision = precision_for(args.precision)
     common = {
-        "config": str(config.relative_to(REPO)),
+        "config": " ".join(str(c.relative_to(REPO)) for c in config),
         "device": device_name(),
         "machine": machine(),
         "data": data[0].name,

@@ -100,10 +100,12 @@ def test_budget_smoke_runs_both_sides_and_draws_the_figure(mini_archive: Path, t
 
 
 def test_leaderboard_smoke_appends_one_line_per_run_of_each_side(tmp_path: Path) -> None:
+    """A row with an overlay (the entries' network): both sides build it, each run appends one line."""
     results = tmp_path / "leaderboard.jsonl"
     results.write_text('{"earlier": "line"}\n')  # appended to, never rewritten
+    configs = ["configs/leaderboard_128_5.yaml", "configs/leaderboard_xse.yaml"]
     command = [sys.executable, "-m", "benchmarks.leaderboard", "--smoke", "--seeds", "3", "--fastai"]
-    command += ["--results", str(results), "--precision", "32-true"]
+    command += ["--config", *configs, "--results", str(results), "--precision", "32-true"]
     env = {**os.environ, "IMAGENETTE_BENCH_ROOT": str(tmp_path / "data"), "PYTHONPATH": str(REPO)}
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -111,11 +113,34 @@ def test_leaderboard_smoke_appends_one_line_per_run_of_each_side(tmp_path: Path)
     assert earlier == {"earlier": "line"}
     assert json.loads(done.stdout.strip().splitlines()[-1])["lines"] == [ours, fastai]
     assert (ours["side"], fastai["side"]) == ("ours", "fastai") and ours["seed"] == fastai["seed"] == 3
-    assert ours["config"] == "configs/leaderboard_128_5.yaml" and ours["precision"] == fastai["precision"] == "32-true"
-    shipped = "--config configs/leaderboard.yaml --config configs/leaderboard_128_5.yaml"
+    assert ours["config"] == fastai["config"] == " ".join(configs)
+    assert ours["precision"] == fastai["precision"] == "32-true"
+    shipped = " ".join(f"--config {c}" for c in ["configs/leaderboard.yaml", *configs])
     assert ours["command"] == f"imagenette-sota fit {shipped} --seed_everything 3 --trainer.precision 32-true"
+    assert fastai["command"] == f"python -m benchmarks.leaderboard --config {' '.join(configs)} --fastai"
     for line in (ours, fastai):
         assert line["epochs"] == len(line["epoch_acc"]) == len(line["epoch_s"]) == 2
         assert all(0 <= a <= 1 for a in line["epoch_acc"]) and line["epoch_s"] == sorted(line["epoch_s"])
         assert line["fit_s"] == line["epoch_s"][-1] > 0 and line["date"].endswith("Z") and line["smoke"] is True
     assert ours["val_images"] == 100 and ours["data"] == "imagenette2-160-mini.tgz"
+
+
+def test_fastai_side_builds_the_network_the_overlay_asks_for(tmp_path: Path) -> None:
+    """leaderboard_xse: fastai's side is its own xse_resnext50 (MaxPool shortcuts, anti-aliased), sized as ours."""
+    from torch import nn
+
+    from benchmarks.recipe.fastai_side import network
+    from benchmarks.recipe.scale import scaled
+    from imagenette_sota.models import MaxBlurPool2d, SqueezeExcite, xse_resnext50
+
+    _, parsed = scaled("leaderboard_128_5", 1.0, [str(REPO / "configs" / "leaderboard_xse.yaml")], tmp_path)
+    with torch.device("meta"):
+        theirs = network(parsed["model"])
+        ours = xse_resnext50(10, act=nn.Mish, sa=True, shortcut_pool="max", max_blur=True)
+
+    def count(model: nn.Module, kind: type[nn.Module]) -> int:
+        return sum(isinstance(m, kind) for m in model.modules())
+
+    assert sum(p.numel() for p in theirs.parameters()) == sum(p.numel() for p in ours.parameters())
+    assert count(theirs, MaxBlurPool2d) == count(ours, MaxBlurPool2d) == 4 and count(theirs, nn.MaxPool2d) == 0
+    assert count(ours, SqueezeExcite) == 16 and count(theirs, nn.Mish) == count(ours, nn.Mish)

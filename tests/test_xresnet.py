@@ -13,8 +13,10 @@ from torch import nn
 
 from imagenette_sota.models import (
     ConvBN,
+    MaxBlurPool2d,
     ResBlock,
     SimpleSelfAttention,
+    SqueezeExcite,
     XResNet,
     fold_batchnorm,
     xresnet18,
@@ -22,6 +24,8 @@ from imagenette_sota.models import (
     xresnet50,
     xresnet101,
     xresnet152,
+    xresnext50,
+    xse_resnext50,
 )
 
 
@@ -86,6 +90,8 @@ def _randomise_bn(model: nn.Module, seed: int = 0) -> None:
         (xresnet18, 10, {"sa": True}, 11_204_971),
         (xresnet50, 10, {"sa": True}, 23_613_291),
         (xresnet50, 10, {"widen": 1.5}, 52_876_010),
+        (xresnext50, 10, {}, 23_019_626),
+        (xse_resnext50, 10, {}, 25_550_618),
     ],
 )
 def test_parameter_counts_match_fastai(
@@ -143,8 +149,12 @@ def test_conv_and_linear_biases_and_kaiming_normal_init() -> None:
         assert (w.abs() > 2 * expected).float().mean().item() == pytest.approx(0.0455, abs=0.01)
 
 
-@pytest.mark.parametrize("builder", [xresnet18, xresnet50])
-@pytest.mark.parametrize("size", [32, 64, 97, 128])
+# The leaderboard entries' network: SE-ResNeXt, MaxPool shortcuts, every max pool anti-aliased.
+_entries = functools.partial(xse_resnext50, act=nn.Mish, shortcut_pool="max", max_blur=True)
+
+
+@pytest.mark.parametrize("builder", [xresnet18, xresnet50, _entries])
+@pytest.mark.parametrize("size", [32, 64, 97, 128])  # 97: odd maps at every stage's downsampling
 def test_output_shape(builder: Callable[..., XResNet], size: int) -> None:
     model = _cached(builder, 7)
     with torch.no_grad():
@@ -153,7 +163,7 @@ def test_output_shape(builder: Callable[..., XResNet], size: int) -> None:
     assert torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("builder", [xresnet18, xresnet50])
+@pytest.mark.parametrize("builder", [xresnet18, xresnet50, _entries])
 def test_channels_last_matches_contiguous(builder: Callable[..., XResNet]) -> None:
     torch.manual_seed(0)
     model = _fresh(builder, sa=True)
@@ -340,3 +350,75 @@ def test_fold_batchnorm_is_the_same_function_without_batchnorm(channels_last: bo
         torch.testing.assert_close(folded(x), model(x), atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match="eval"):
         fold_batchnorm(model.train())
+
+
+def _fastai_resnext(name: str, **kwargs: object) -> nn.Module:
+    """fastai's xse_resnext50 / xresnext50 with Mish, its MaxPool shortcuts (the leaderboard's --pool MaxPool)."""
+    import fastai.vision.models.xresnet as fx
+    from fastai.layers import MaxPool
+
+    return getattr(fx, name)(n_out=10, act_cls=nn.Mish, pool=MaxPool, **kwargs)
+
+
+def _blur_max_pools(model: nn.Module) -> nn.Module:
+    """Every nn.MaxPool2d swapped for a MaxBlurPool2d, as the MaxBlurPool entries did to fastai's model (kornia's)."""
+    for name, child in model.named_children():
+        if isinstance(child, nn.MaxPool2d):
+            setattr(model, name, MaxBlurPool2d())
+        else:
+            _blur_max_pools(child)
+    return model
+
+
+@pytest.mark.parametrize(("builder", "max_blur"), [(xse_resnext50, False), (xresnext50, False), (xse_resnext50, True)])
+def test_resnext_matches_fastai_state_dict_and_logits(builder: Callable[..., XResNet], max_blur: bool) -> None:
+    """fastai's ResNeXt / SE-ResNeXt (MaxPool shortcuts, optionally anti-aliased): same keys, shapes and logits."""
+    theirs = _fastai_resnext(builder.__name__)
+    if max_blur:
+        theirs = _blur_max_pools(theirs)
+    ours = builder(10, act=nn.Mish, shortcut_pool="max", max_blur=max_blur)
+    _randomise_bn(theirs)
+    their_sd = theirs.state_dict()
+    assert {k: v.shape for k, v in their_sd.items()} == {k: v.shape for k, v in ours.state_dict().items()}
+    ours.load_state_dict(their_sd)
+    pools = [m for m in ours.modules() if isinstance(m, (nn.MaxPool2d, MaxBlurPool2d))]
+    assert len(pools) == 1 + 3 and all(isinstance(m, MaxBlurPool2d) == max_blur for m in pools)  # stem + 3 stages
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(ours.eval()(x), theirs.eval()(x))
+
+
+def test_xse_resnext50_blocks_are_grouped_and_gated() -> None:
+    model = _meta(xse_resnext50, 10)
+    first = _blocks(model)[0]
+    grouped = first.convpath[1][0]
+    assert (grouped.in_channels, grouped.out_channels, grouped.groups) == (128, 128, 32)  # 32 groups x 4 per 64
+    gate = first.convpath[3]
+    assert isinstance(gate, SqueezeExcite)
+    assert (gate.layers[1][0].in_channels, gate.layers[1][0].out_channels) == (256, 16)  # 256 // 16, a multiple of 8
+
+
+def test_max_blur_pool_is_a_max_then_a_binomial_blur() -> None:
+    """A single peak: the 2x2 max spreads it over four positions, the [1 2 1]^2 / 16 blur at stride 2 weighs them."""
+    x = torch.zeros(1, 1, 4, 4)
+    x[0, 0, 1, 1] = 1.0
+    expected = torch.tensor([[9.0, 3.0], [3.0, 1.0]]) / 16
+    torch.testing.assert_close(MaxBlurPool2d()(x)[0, 0], expected)
+    # A negative map: the max pool, not the zero padding, decides the values the blur weighs.
+    torch.testing.assert_close(MaxBlurPool2d()(-x)[0, 0], torch.zeros(2, 2))
+
+
+@pytest.mark.parametrize("size", [(4, 6), (5, 5), (7, 8), (1, 3)])
+def test_max_blur_pool_halves_like_the_pools_it_replaces(size: tuple[int, int]) -> None:
+    x = torch.randn(2, 3, *size)
+    out = MaxBlurPool2d()(x)
+    assert out.shape == nn.MaxPool2d(2, ceil_mode=True)(x).shape == nn.MaxPool2d(3, 2, 1)(x).shape
+    assert torch.isfinite(out).all()  # the -inf that pads an odd side never survives the max
+
+
+def test_resnext_options_compile_without_graph_breaks() -> None:
+    model = XResNet(10, (1, 1, 1, 1), 4, groups=32, base_width=4, reduction=16, shortcut_pool="max", max_blur=True)
+    compiled = torch.compile(model.eval(), backend="eager", fullgraph=True)
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x))

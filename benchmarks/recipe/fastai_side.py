@@ -1,8 +1,9 @@
 """fastai's side: the recipe's anchor built from fastai 2.8's own objects, its numbers read from our parsed config.
 
 - leaderboard_*: examples/train_imagenette.py: ``RandomResizedCrop(size, min_scale=0.35)`` + ``FlipItem`` on the
-  images, ImageNet normalization, ``xresnet50(act_cls=Mish, sa=True)``, ``LabelSmoothingCrossEntropy``, ``ranger``,
-  ``fit_flat_cos``, ``MixUp`` where the recipe mixes.
+  images, ImageNet normalization, ``xresnet50(act_cls=Mish, sa=True)`` (with leaderboard_xse: ``xse_resnext50(...,
+  pool=MaxPool)``, its max pools anti-aliased), ``LabelSmoothingCrossEntropy``, ``ranger``, ``fit_flat_cos``,
+  ``MixUp`` where the recipe mixes.
 - baseline, normalize, label_smoothing: the book's ``Resize(presize)`` + ``aug_transforms(size, min_scale=0.75)``,
   ``xresnet50``, ``fit_one_cycle``.
 - progressive: the same at the first stage's size and batch, ``fit_one_cycle``, then the dataloaders of the second
@@ -20,6 +21,7 @@ from typing import Any
 
 import torch
 from fastai.callback.core import Callback
+from fastai.layers import AvgPool, MaxPool
 from fastai.vision.all import (
     Adam,
     CategoryBlock,
@@ -43,7 +45,7 @@ from fastai.vision.all import (
     ranger,
     set_seed,
 )
-from fastai.vision.models.xresnet import xresnet50
+from fastai.vision.models.xresnet import xresnet50, xresnext50, xse_resnext50
 
 from benchmarks.fastai_cpu import CPUAutocast, EpochTick
 from benchmarks.recipe.diagnostics import area_prefilter
@@ -110,11 +112,24 @@ def optimizer(model: dict[str, Any]) -> Callable:
 
 
 def network(model: dict[str, Any]) -> torch.nn.Module:
-    """fastai's xresnet50 with the recipe's activation and self-attention, 10 outputs."""
+    """fastai's xresnet50 (or, with groups, its xse_resnext50 / xresnext50) with the recipe's activation,
+    self-attention, shortcut pool and anti-aliased max pools, 10 outputs."""
+    from imagenette_sota.models import MaxBlurPool2d
+
     backbone = model["backbone"]
     init = backbone.get("init_args", {}) if isinstance(backbone, dict) else {}
     act = torch.nn.Mish if init.get("act") == "torch.nn.Mish" else torch.nn.ReLU
-    return xresnet50(n_out=10, act_cls=act, sa=bool(init.get("sa", False)))
+    kwargs = {"n_out": 10, "act_cls": act, "sa": bool(init.get("sa", False))}
+    if init.get("groups", 1) == 1:
+        return xresnet50(**kwargs)
+    pool = MaxPool if init.get("shortcut_pool") == "max" else AvgPool
+    net = (xse_resnext50 if init.get("reduction") else xresnext50)(pool=pool, **kwargs)
+    if init.get("max_blur"):  # as the MaxBlurPool entries did (with kornia's): every nn.MaxPool2d swapped
+        for parent in list(net.modules()):
+            for name, child in parent.named_children():
+                if isinstance(child, torch.nn.MaxPool2d):
+                    setattr(parent, name, MaxBlurPool2d())
+    return net
 
 
 def fit(learn: Learner, config: dict[str, Any], epochs: int, dls: Callable[[int, int], DataLoaders]) -> None:
