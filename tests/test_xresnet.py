@@ -18,6 +18,7 @@ from imagenette_sota.models import (
     SimpleSelfAttention,
     SqueezeExcite,
     XResNet,
+    blur_max_pools,
     fold_batchnorm,
     xresnet18,
     xresnet34,
@@ -360,22 +361,12 @@ def _fastai_resnext(name: str, **kwargs: object) -> nn.Module:
     return getattr(fx, name)(n_out=10, act_cls=nn.Mish, pool=MaxPool, **kwargs)
 
 
-def _blur_max_pools(model: nn.Module) -> nn.Module:
-    """Every nn.MaxPool2d swapped for a MaxBlurPool2d, as the MaxBlurPool entries did to fastai's model (kornia's)."""
-    for name, child in model.named_children():
-        if isinstance(child, nn.MaxPool2d):
-            setattr(model, name, MaxBlurPool2d())
-        else:
-            _blur_max_pools(child)
-    return model
-
-
 @pytest.mark.parametrize(("builder", "max_blur"), [(xse_resnext50, False), (xresnext50, False), (xse_resnext50, True)])
 def test_resnext_matches_fastai_state_dict_and_logits(builder: Callable[..., XResNet], max_blur: bool) -> None:
     """fastai's ResNeXt / SE-ResNeXt (MaxPool shortcuts, optionally anti-aliased): same keys, shapes and logits."""
     theirs = _fastai_resnext(builder.__name__)
     if max_blur:
-        theirs = _blur_max_pools(theirs)
+        theirs = blur_max_pools(theirs)
     ours = builder(10, act=nn.Mish, shortcut_pool="max", max_blur=max_blur)
     _randomise_bn(theirs)
     their_sd = theirs.state_dict()

@@ -114,7 +114,7 @@ def optimizer(model: dict[str, Any]) -> Callable:
 def network(model: dict[str, Any]) -> torch.nn.Module:
     """fastai's xresnet50 (or, with groups, its xse_resnext50 / xresnext50) with the recipe's activation,
     self-attention, shortcut pool and anti-aliased max pools, 10 outputs."""
-    from imagenette_sota.models import MaxBlurPool2d
+    from imagenette_sota.models import blur_max_pools
 
     backbone = model["backbone"]
     init = backbone.get("init_args", {}) if isinstance(backbone, dict) else {}
@@ -124,12 +124,7 @@ def network(model: dict[str, Any]) -> torch.nn.Module:
         return xresnet50(**kwargs)
     pool = MaxPool if init.get("shortcut_pool") == "max" else AvgPool
     net = (xse_resnext50 if init.get("reduction") else xresnext50)(pool=pool, **kwargs)
-    if init.get("max_blur"):  # as the MaxBlurPool entries did (with kornia's): every nn.MaxPool2d swapped
-        for parent in list(net.modules()):
-            for name, child in parent.named_children():
-                if isinstance(child, torch.nn.MaxPool2d):
-                    setattr(parent, name, MaxBlurPool2d())
-    return net
+    return blur_max_pools(net) if init.get("max_blur") else net
 
 
 def fit(learn: Learner, config: dict[str, Any], epochs: int, dls: Callable[[int, int], DataLoaders]) -> None:

@@ -25,6 +25,7 @@ __all__ = [
     "SimpleSelfAttention",
     "SqueezeExcite",
     "XResNet",
+    "blur_max_pools",
     "init_cnn",
     "xresnet18",
     "xresnet34",
@@ -130,6 +131,14 @@ class MaxBlurPool2d(nn.Module):
         channels = x.shape[1]
         kernel = self.kernel.to(x.dtype).expand(channels, 1, 3, 3)
         return F.conv2d(x, kernel, stride=2, padding=1, groups=channels)
+
+
+def blur_max_pools(model: nn.Module) -> nn.Module:
+    """``model`` with every nn.MaxPool2d replaced by a MaxBlurPool2d, in place (what the MaxBlurPool entries did to
+    fastai's model, with kornia's)."""
+    for name, child in model.named_children():
+        setattr(model, name, MaxBlurPool2d()) if isinstance(child, nn.MaxPool2d) else blur_max_pools(child)
+    return model
 
 
 class ResBlock(nn.Module):
