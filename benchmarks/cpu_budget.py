@@ -11,7 +11,8 @@ its own (as a user starts one: no caches, imports or memory warmed by the run be
   ``--budget``: the budget plans the epochs, the ramp's share of them and the one-cycle, and ends the fit and the
   config's final TTA on time.
 - ``ours_epochs``: the same recipe without a budget, at ``max_epochs`` = the budget run's planned length rounded:
-  the epoch-count run that takes about the same time (its own wall time is reported).
+  the epoch-count run that takes about the same time (its own wall time is reported; run once per seed and epoch
+  count, shared by the budgets that round to it).
 - ``fastai``: the chapter's recipe with ``fit_one_cycle`` (``Resize(presize)``, ``aug_transforms(size,
   min_scale=0.75)``, ImageNet normalization, xresnet, label smoothing; at ``--fastai-size`` throughout), given the
   epoch count that fits the budget by its best guess from one measured epoch: ``fit_one_cycle(1)`` of a fresh
@@ -85,7 +86,7 @@ def ours(configs: list[Path], data_dir: Path, seed: int, extra: list[str], name:
     }
     if budget is not None:
         out |= {"budget_used_s": end - budget.started, "planned_epochs": budget.plan.timeline.end}
-        out["plans"] = [{k: row[k] for k in ("spent_s", "steps", "epochs", "end_s")} for row in budget.history]
+        out["plans"] = [dict(row) for row in budget.history]  # step, spent, planned steps, predicted end, costs
     print(f"{name}: {out['acc']:.4f} in {out['fit_s']:.1f} s ({out['epochs']} epochs)", flush=True)
     del run
     gc.collect()
@@ -235,14 +236,16 @@ def main() -> None:
         return
     budgets = {b: parse_duration(b, "--budgets") for b in args.budgets}
     sides = ["ours", *([] if args.skip_epochs else ["ours_epochs"]), *([] if args.skip_fastai else ["fastai"])]
-    runs = []
+    runs, by_epochs = [], {}  # by_epochs: (seed, epochs) -> an ours_epochs run (budgets that round alike share it)
     for budget, seconds in budgets.items():
         for seed in args.seeds:
             row: dict[str, Any] = {"budget": budget, "budget_s": seconds, "seed": seed}
             row["ours"] = fresh("ours", seed, "--one-budget", budget)
             if not args.skip_epochs:
                 epochs = max(1, round(row["ours"]["planned_epochs"]))
-                row["ours_epochs"] = fresh("ours", seed, "--one-epochs", str(epochs))
+                if (seed, epochs) not in by_epochs:
+                    by_epochs[seed, epochs] = fresh("ours", seed, "--one-epochs", str(epochs))
+                row["ours_epochs"] = by_epochs[seed, epochs]
             if not args.skip_fastai:
                 # fastai's best guess: one epoch measured (in a process of its own), the epochs that fit the budget.
                 measured = fresh("fastai", seed, "--one-epochs", "1")["one_cycle_s"]

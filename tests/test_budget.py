@@ -225,6 +225,47 @@ def test_a_foreign_module_s_one_cycle_lr_ends_on_time_and_annealed(tmp_path: Pat
     assert logged == [(row["step"], row["steps"]) for row in budget.history]
 
 
+class Instant(Foreign):
+    """Foreign with a forward pass of any batch, for the first plan to time a validation (on a test's clock: none)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)
+
+
+class Slowing(Callback):
+    """A clock for a TimeBudget, listed before it: the first ``slow`` batches take 0.2 s, the rest 0.1 s (a machine
+    busy with something else while the first plan measures); validations take no time."""
+
+    def __init__(self, slow: int = 8) -> None:
+        self.now, self.slow, self.batches = 0.0, slow, 0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def on_train_batch_end(self, *_: Any) -> None:
+        self.batches += 1
+        self.now += 0.2 if self.batches <= self.slow else 0.1
+
+
+def test_a_plan_inside_its_last_epoch_is_re_checked_before_it_ends() -> None:
+    """Planned in the first epoch of 40 steps to end inside it from the slow steps, the fit ends near its budget:
+    re-planned each time half the steps left have run, not stopped where the slow steps' plan said."""
+    clock, trace = Slowing(), Trace()
+    budget = clocked(TimeBudget(6, warmup_steps=2, measure_steps=3), clock)
+    g = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(640, 8, generator=g), torch.randint(2, (640,), generator=g))
+    trainer = quiet.trainer(accelerator="cpu", max_epochs=1, callbacks=[clock, budget, trace], num_sanity_val_steps=0)
+    budget.start()
+    trainer.fit(Instant(), DataLoader(data, batch_size=16), DataLoader(data, batch_size=320))
+    first, *rechecks = budget.history
+    assert first["steps"] < 40 and first["step_s"] == pytest.approx(0.2)  # the slow steps' plan ends in epoch 0
+    # Re-planned at half its steps left, and at the halves after (each from the one before), as the average sped up.
+    assert rechecks[0]["step"] == first["step"] + (first["steps"] - first["step"]) // 2
+    assert rechecks[0]["steps"] > first["steps"] and rechecks[0]["step_s"] < 0.2
+    assert 0.95 * 6 <= clock.now <= 6 and trainer.global_step == budget.plan.steps  # ended on time, not at 62 %
+    assert trace.final_lr == pytest.approx(0.1 / 25 / 1e4)
+
+
 class SlowImages(Foreign):
     """Foreign, with a forward pass of 50 ms (of any batch) and validation steps of 30 ms."""
 

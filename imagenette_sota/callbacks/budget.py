@@ -18,8 +18,9 @@ its length. What it does, and when (public trainer state only):
   ``schedule`` of a ``ProgressiveResize`` and of ``OneCycles`` among the callbacks (each stage and cycle keeps its
   share of the fit), and stretches the running ``OneCycleLR`` to its new end through its ``state_dict``
   (``budget.retime_one_cycle``): the learning rate goes on from where it is.
-- At each epoch's last batch, and when a new image size's steps are first measured: a re-plan with what has been
-  measured; what has run stays as it ran.
+- At each epoch's last batch, when a new image size's steps are first measured, and inside the plan's last epoch
+  (which no epoch end re-checks) each time half of its steps left have run, while more than ``measure_steps``
+  would remain: a re-plan with what has been measured; what has run stays as it ran.
 - At the planned last step: ``trainer.should_stop``, so that the last epoch, which may stop early, is validated.
 - The plan and each re-plan go to the log and to the loggers (``budget/*`` scalars), and into checkpoints: a resumed
   fit goes on with the same plan, the time spent before counted.
@@ -185,9 +186,10 @@ class TimeBudget(Callback):
                 self._measured.add(self._session["work"])  # the first plan has measured this size
                 self._time_validation(trainer, pl_module)
                 self._replan(trainer, done, first=True)
-        elif (last_batch or measured) and step < self.plan.steps:
+        elif step < self.plan.steps and (last_batch or measured or step == self._session.get("recheck")):
             epoch = trainer.current_epoch
-            why = f"at the end of epoch {epoch}" if last_batch else f"after {step} steps (a new size measured)"
+            why = f"at the end of epoch {epoch}" if last_batch else f"after {step} steps"
+            why += "" if last_batch else " (a new size measured)" if measured else " (half the last epoch's rest run)"
             self._replan(trainer, done, first=False, why=why)
         if self.plan is not None and step >= self.plan.steps:
             trainer.should_stop = True  # stops after this batch's validation (Lightning validates a stopping fit)
@@ -389,6 +391,11 @@ class TimeBudget(Callback):
         previous, self.plan = self.plan, new
         self._apply(trainer, new, done)
         self._report(trainer, new, previous, why)
+        # No epoch end re-checks a plan inside its last epoch: re-plan when half its steps left have run (every
+        # rank alike: the plan is the same), while more than measure_steps would be left to measure after it.
+        left = new.steps - step
+        ending = epoch == new.epochs - 1 and left - left // 2 > self.measure_steps
+        self._session["recheck"] = step + left // 2 if ending else None
 
     def _apply(self, trainer: L.Trainer, new: Plan, done: int | None, max_steps: bool = True) -> None:
         """The plan's length to the Trainer, its timeline to the stages and cycles; stretch the running cycle.
@@ -432,7 +439,10 @@ class TimeBudget(Callback):
         spent = self.elapsed()
         length = new.timeline.end
         row = {"step": trainer.global_step, "spent_s": spent, "steps": new.steps, "epochs": length}
-        row |= {"end_s": spent + new.seconds}
+        # What the prediction rests on: a step now, and the fit's last validation.
+        step_s = self.step_s.get(self._session.get("work", 0.0), 0.0)
+        val_s = self._costs(trainer).val_s(self.nominal_epochs - 1)
+        row |= {"end_s": spent + new.seconds, "step_s": step_s, "val_s": val_s}
         self.history.append(row)
         if not trainer.is_global_zero:
             return
@@ -441,7 +451,7 @@ class TimeBudget(Callback):
         rank_zero_info(
             f"TimeBudget: {'re-plan' if previous else 'plan'} {when}, {spent:.1f} s spent: {new.steps} steps{was} in "
             f"{length:.2f} epochs ({self.nominal_epochs} configured), predicted to end at {row['end_s']:.1f} s of "
-            f"{self.seconds:.0f} s"
+            f"{self.seconds:.0f} s (a step {step_s:.3f} s, the last validation {val_s:.1f} s)"
         )
         if new.overrun:
             rank_zero_warn(
