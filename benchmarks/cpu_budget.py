@@ -16,7 +16,7 @@ its own (as a user starts one: no caches, imports or memory warmed by the run be
 - ``fastai``: the chapter's recipe with ``fit_one_cycle`` (``Resize(presize)``, ``aug_transforms(size,
   min_scale=0.75)``, ImageNet normalization, xresnet, label smoothing; at ``--fastai-size`` throughout), given the
   epoch count that fits the budget by its best guess from one measured epoch: ``fit_one_cycle(1)`` of a fresh
-  learner is timed, then a fresh learner runs ``fit_one_cycle(max(1, floor(budget / that)))``.
+  learner is timed (once per seed), then a fresh learner runs ``fit_one_cycle(max(1, floor(budget / that)))``.
 
 Both sides run at ``--precision`` in channels_last (our Trainer's; fastai through ``benchmarks.fastai_cpu.like_ours``,
 with a CPU autocast for ``bf16-mixed``, as fastai's own ``to_bf16`` autocasts for CUDA only). Wall times: ``ours``
@@ -237,6 +237,7 @@ def main() -> None:
     budgets = {b: parse_duration(b, "--budgets") for b in args.budgets}
     sides = ["ours", *([] if args.skip_epochs else ["ours_epochs"]), *([] if args.skip_fastai else ["fastai"])]
     runs, by_epochs = [], {}  # by_epochs: (seed, epochs) -> an ours_epochs run (budgets that round alike share it)
+    epoch_s: dict[int, float] = {}  # seed -> fastai's measured epoch (a user measures once, then picks N per budget)
     for budget, seconds in budgets.items():
         for seed in args.seeds:
             row: dict[str, Any] = {"budget": budget, "budget_s": seconds, "seed": seed}
@@ -248,7 +249,9 @@ def main() -> None:
                 row["ours_epochs"] = by_epochs[seed, epochs]
             if not args.skip_fastai:
                 # fastai's best guess: one epoch measured (in a process of its own), the epochs that fit the budget.
-                measured = fresh("fastai", seed, "--one-epochs", "1")["one_cycle_s"]
+                if seed not in epoch_s:
+                    epoch_s[seed] = fresh("fastai", seed, "--one-epochs", "1")["one_cycle_s"]
+                measured = epoch_s[seed]
                 epochs = max(1, math.floor(seconds / measured))
                 print(f"fastai: one epoch took {measured:.1f} s, so fit_one_cycle({epochs}) for {budget}", flush=True)
                 row["fastai"] = fresh("fastai", seed, "--one-epochs", str(epochs)) | {"measured_epoch_s": measured}
