@@ -266,6 +266,21 @@ def test_a_plan_inside_its_last_epoch_is_re_checked_before_it_ends() -> None:
     assert trace.final_lr == pytest.approx(0.1 / 25 / 1e4)
 
 
+def test_a_plan_whose_rest_lies_in_the_next_epoch_is_re_checked_in_it() -> None:
+    """Re-planned at the first epoch's end (20 steps) to end inside the second: re-checked at half its steps left."""
+    clock = Slowing()
+    budget = clocked(TimeBudget(5, warmup_steps=2, measure_steps=3), clock)
+    g = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(320, 8, generator=g), torch.randint(2, (320,), generator=g))
+    trainer = quiet.trainer(accelerator="cpu", max_epochs=1, callbacks=[clock, budget], num_sanity_val_steps=0)
+    budget.start()
+    trainer.fit(Instant(), DataLoader(data, batch_size=16), DataLoader(data, batch_size=320))
+    at_end = next(row for row in budget.history if row["step"] == 20)
+    assert 20 < at_end["steps"] < 40  # the plan's rest lay in epoch 1
+    assert 20 + (at_end["steps"] - 20) // 2 in [row["step"] for row in budget.history]
+    assert 0.95 * 5 <= clock.now <= 5
+
+
 class SlowImages(Foreign):
     """Foreign, with a forward pass of 50 ms (of any batch) and validation steps of 30 ms."""
 

@@ -18,9 +18,9 @@ its length. What it does, and when (public trainer state only):
   ``schedule`` of a ``ProgressiveResize`` and of ``OneCycles`` among the callbacks (each stage and cycle keeps its
   share of the fit), and stretches the running ``OneCycleLR`` to its new end through its ``state_dict``
   (``budget.retime_one_cycle``): the learning rate goes on from where it is.
-- At each epoch's last batch, when a new image size's steps are first measured, and inside the plan's last epoch
-  (which no epoch end re-checks) each time half of its steps left have run, while more than ``measure_steps``
-  would remain: a re-plan with what has been measured; what has run stays as it ran.
+- At each epoch's last batch, when a new image size's steps are first measured, and, once the plan's rest lies in
+  one epoch (which no epoch end re-checks), each time half of its steps left have run while more than
+  ``measure_steps`` would remain: a re-plan with what has been measured; what has run stays as it ran.
 - At the planned last step: ``trainer.should_stop``, so that the last epoch, which may stop early, is validated.
 - The plan and each re-plan go to the log and to the loggers (``budget/*`` scalars), and into checkpoints: a resumed
   fit goes on with the same plan, the time spent before counted.
@@ -391,10 +391,11 @@ class TimeBudget(Callback):
         previous, self.plan = self.plan, new
         self._apply(trainer, new, done)
         self._report(trainer, new, previous, why)
-        # No epoch end re-checks a plan inside its last epoch: re-plan when half its steps left have run (every
-        # rank alike: the plan is the same), while more than measure_steps would be left to measure after it.
-        left = new.steps - step
-        ending = epoch == new.epochs - 1 and left - left // 2 > self.measure_steps
+        # No epoch end re-checks a plan whose rest lies in one epoch (this one, or the next from this one's end):
+        # re-plan when half its steps left have run (every rank alike: the plan is the same), while more than
+        # measure_steps would be left to measure after it.
+        left, rest = new.steps - step, [n - (done if i == 0 else 0) for i, n in enumerate(new.epoch_steps)]
+        ending = sum(r > 0 for r in rest) == 1 and left - left // 2 > self.measure_steps
         self._session["recheck"] = step + left // 2 if ending else None
 
     def _apply(self, trainer: L.Trainer, new: Plan, done: int | None, max_steps: bool = True) -> None:
