@@ -9,7 +9,9 @@ from __future__ import annotations
 import csv
 import logging
 import time
+from collections import Counter
 from functools import partial
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +99,10 @@ def test_a_fit_ends_inside_its_budget_with_the_learning_rate_annealed(mini_dir: 
     assert {batch for _, _, size, batch in trace.steps if size == 40} == {24}
     # Planned once, re-planned at every epoch end after that and when the 40 px steps were first measured (the
     # 6th batch of their first epoch: 1 unmeasured, 2 of warm-up, 3 measured); each predicted to end in the budget.
-    assert len(budget.history) == trainer.current_epoch + 1 and all(row["end_s"] <= 12 for row in budget.history)
+    # (And inside the last epoch at the halves of its steps left, when this machine's speed leaves enough of them.)
+    per_epoch = Counter(epoch for epoch, *_ in trace.steps)
+    ends = set(accumulate(per_epoch[e] for e in sorted(per_epoch))) - {trainer.global_step}
+    assert ends <= {row["step"] for row in budget.history} and all(row["end_s"] <= 12 for row in budget.history)
     first_at_40 = next(i for i, (_, _, size, _) in enumerate(trace.steps) if size == 40)
     assert first_at_40 + 6 in [row["step"] for row in budget.history]
 
