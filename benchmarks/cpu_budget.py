@@ -23,7 +23,9 @@ with a CPU autocast for ``bf16-mixed``, as fastai's own ``to_bf16`` autocasts fo
 from the budget's clock start (the call of ``fit``, data preparation inside) to the end of the final accuracy (the
 final TTA, else the last validation): ``budget_used_s``; every run also from the Trainer's setup (``fit_s``; fastai:
 from building its data loaders) to that end. Accuracy: the final TTA's when the config has one, else the last
-validation's (``acc``), and the last validation's (``val_acc``). The plot (``--plot``, a PNG): accuracy against
+validation's (``acc``), and the last validation's (``val_acc``). What followed the last step, which a budget's plans
+predicted: the last validation's and the final TTA's seconds (``last_val_s``, ``tta_s``) and, for a budget, the last
+step's end on its clock (``training_end_s``, as the plans' ``end_s``). The plot (``--plot``, a PNG): accuracy against
 budget, and the wall time used as a share of it, means over seeds with their standard deviation. Last line: one JSON
 object."""
 
@@ -52,12 +54,19 @@ PLOT = REPO / "docs" / "budget.png"
 
 
 class FitClock(L.Callback):
-    """``time.perf_counter()`` at the Trainer's setup (a budget's clock starts earlier, when fit is called) and at
-    the last validation's end, with its accuracy (a final TTA's predict loop resets the Trainer's metrics)."""
+    """``time.perf_counter()`` at the Trainer's setup (a budget's clock starts earlier, when fit is called), at the
+    last training step's end, and at the last validation's start and end, with its accuracy (a final TTA's predict
+    loop resets the Trainer's metrics)."""
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit":
             self.start = time.perf_counter()
+
+    def on_train_batch_end(self, *_: Any) -> None:
+        self.train_end = time.perf_counter()
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.val_start = time.perf_counter()
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking:
@@ -83,9 +92,12 @@ def ours(configs: list[Path], data_dir: Path, seed: int, extra: list[str], name:
         "fit_s": end - clock.start,
         "epochs": run.trainer.current_epoch,
         "steps": run.trainer.global_step,
+        "last_val_s": clock.val_end - clock.val_start,  # what follows the last step: a budget's plans predicted it
+        "tta_s": tta["s"] if tta is not None else 0.0,
     }
     if budget is not None:
         out |= {"budget_used_s": end - budget.started, "planned_epochs": budget.plan.timeline.end}
+        out["training_end_s"] = clock.train_end - budget.started  # on the budget's clock, as the plans' end_s
         out["plans"] = [dict(row) for row in budget.history]  # step, spent, planned steps, predicted end, costs
     print(f"{name}: {out['acc']:.4f} in {out['fit_s']:.1f} s ({out['epochs']} epochs)", flush=True)
     del run

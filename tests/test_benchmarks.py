@@ -92,7 +92,11 @@ def test_budget_smoke_runs_both_sides_and_draws_the_figure(mini_archive: Path, t
     figures = json.loads(done.stdout.strip().splitlines()[-1])
     (run,) = figures["runs"]
     assert run["budget_s"] == 5 and {"ours", "ours_epochs", "fastai"} <= set(run)
-    assert run["ours"]["steps"] == run["ours"]["plans"][-1]["steps"] and run["ours"]["budget_used_s"] > 0
+    ours = run["ours"]
+    assert ours["steps"] == ours["plans"][-1]["steps"] and ours["budget_used_s"] > 0
+    # What followed the last step, on the budget's clock: the last validation, then the config's flip TTA.
+    assert 0 < ours["training_end_s"] and ours["last_val_s"] > 0 and ours["tta_s"] > 0
+    assert ours["training_end_s"] + ours["last_val_s"] + ours["tta_s"] <= ours["budget_used_s"]
     assert run["ours_epochs"]["epochs"] == max(1, round(run["ours"]["planned_epochs"]))
     assert run["fastai"]["epochs"] == max(1, int(5 // run["fastai"]["measured_epoch_s"]))
     assert all(0 <= run[side]["acc"] <= 1 for side in ("ours", "ours_epochs", "fastai"))

@@ -27,8 +27,9 @@ its length. What it does, and when (public trainer state only):
 - Under DDP rank 0 measures and plans, and every rank follows its plan (``strategy.broadcast``).
 
 The budget covers the clock's start to the end of the last validation and of the final TTA (``final_tta``, which the
-CLI gives it). The module must step one ``OneCycleLR`` per optimizer step (or have no scheduler): another scheduler is
-refused when training starts.
+CLI gives it). Those two run after the last re-plan, so a drift in the machine's speed then cannot be re-timed: each
+plan keeps ``tail_margin`` of their predicted seconds back, beside ``margin`` of the budget. The module must step one
+``OneCycleLR`` per optimizer step (or have no scheduler): another scheduler is refused when training starts.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ class TimeBudget(Callback):
         warmup_steps: int = 5,
         measure_steps: int = 10,
         margin: float = 0.01,
+        tail_margin: float = 0.05,
         final_tta: TTASettings | None = None,
     ) -> None:
         """Args:
@@ -72,6 +74,8 @@ class TimeBudget(Callback):
         warmup_steps: steps not measured at the start of a fit and of each new image size (compilation, tuning).
         measure_steps: steps measured, after the warm-up, before the first plan.
         margin: share of the budget kept back for what was not measured.
+        tail_margin: share of the last validation's and the final TTA's predicted seconds kept back (they follow the
+            last re-plan: what they take beyond the prediction cannot be made up).
         final_tta: the TTA that follows the fit (the CLI's ``final_tta``), planned for.
         """
         self.budget, self.seconds = budget, parse_duration(budget)
@@ -79,9 +83,10 @@ class TimeBudget(Callback):
             warmup_steps=(warmup_steps, "an integer >= 0", isinstance(warmup_steps, int) and warmup_steps >= 0),
             measure_steps=(measure_steps, "an integer >= 1", isinstance(measure_steps, int) and measure_steps >= 1),
             margin=(margin, "in [0, 0.5)", 0 <= margin < 0.5),
+            tail_margin=(tail_margin, "in [0, 1)", 0 <= tail_margin < 1),
         )
         self.warmup_steps, self.measure_steps = warmup_steps, measure_steps
-        self.margin, self.final_tta = margin, final_tta
+        self.margin, self.tail_margin, self.final_tta = margin, tail_margin, final_tta
         self.started: float | None = None  # self.clock() at the clock's start
         self.spent_before = 0.0  # seconds spent by the earlier runs of a resumed fit
         self.nominal_epochs = 0  # the configured max_epochs: the shape the plan scales
@@ -385,8 +390,9 @@ class TimeBudget(Callback):
         payload = None
         if trainer.is_global_zero:
             timeline = self.plan.timeline if self.plan else Timeline.scaled(self.nominal_epochs, self.nominal_epochs)
-            left = self.seconds * (1 - self.margin) - self.elapsed()
-            payload = plan(left, timeline, epoch, done, step, self._costs(trainer), keep_past=not first).to_dict()
+            costs = self._costs(trainer)
+            left = self.seconds * (1 - self.margin) - self.tail_margin * self._tail_s(costs) - self.elapsed()
+            payload = plan(left, timeline, epoch, done, step, costs, keep_past=not first).to_dict()
         new = Plan.from_dict(trainer.strategy.broadcast(payload, src=0))
         previous, self.plan = self.plan, new
         self._apply(trainer, new, done)
@@ -397,6 +403,10 @@ class TimeBudget(Callback):
         left, rest = new.steps - step, [n - (done if i == 0 else 0) for i, n in enumerate(new.epoch_steps)]
         ending = sum(r > 0 for r in rest) == 1 and left - left // 2 > self.measure_steps
         self._session["recheck"] = step + left // 2 if ending else None
+
+    def _tail_s(self, costs: Costs) -> float:
+        """Predicted seconds of what follows the last training step: the last validation and the final TTA."""
+        return (costs.val_s(self.nominal_epochs - 1) if costs.val_every else 0.0) + costs.final_s
 
     def _apply(self, trainer: L.Trainer, new: Plan, done: int | None, max_steps: bool = True) -> None:
         """The plan's length to the Trainer, its timeline to the stages and cycles; stretch the running cycle.
