@@ -232,6 +232,8 @@ def fresh(side: str, seed: int, *run: str) -> dict[str, Any]:
     done = subprocess.run([*command, *run], capture_output=True, text=True, check=False)
     lines = done.stdout.strip().splitlines()
     print("\n".join(line for line in lines[:-1] if not line.startswith("{")), flush=True)
+    for line in (line for line in done.stderr.splitlines() if line.startswith("TimeBudget:")):
+        print(line, file=sys.stderr, flush=True)  # the plans and re-plans, as they came
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(command[2:])} {' '.join(run)} failed:\n{done.stderr[-3000:]}")
     return json.loads(lines[-1])

@@ -168,7 +168,8 @@ def test_a_resumed_fit_goes_on_with_its_plan_and_the_time_it_spent(
         run("crashed", CrashAt(2))
     saved = torch.load(tmp_path / "crashed" / "last.ckpt", weights_only=True)
     state = saved["callbacks"]["TimeBudget"]
-    assert saved["epoch"] == 1 and len(state["history"]) == 3  # planned, then re-planned after epochs 0 and 1
+    # Planned, then re-planned at epoch 0's end, after its validation and at epoch 1's end.
+    assert saved["epoch"] == 1 and [row["step"] for row in state["history"]][1:] == [12, 13, 24]
     budget, trace, clock, trainer = run("resumed", ckpt_path=str(tmp_path / "crashed" / "last.ckpt"))
     # The resumed fit went on as the whole one did: its plans, and the stage, batch and lr of every step after it.
     assert rounded(budget.history) == rounded(whole.history) and len(budget.history) > 3
@@ -298,6 +299,38 @@ def test_each_plan_keeps_back_a_share_of_the_last_validation_and_the_final_tta()
     assert len(measured) >= 2
     assert all(10 - kept - 0.1 < row["end_s"] <= 10 - kept + 1e-9 for row in measured), measured
     assert clock.now + 2 * 1.0 == pytest.approx(budget.history[-1]["end_s"])  # as planned, the TTA's two passes after
+
+
+class EvalClocked(Instant):
+    """Instant, whose forward pass outside training (the first plan's probe) and each validation batch take
+    ``eval_s`` on ``clock``: the probe of 16 images predicts 10 of them for 160 validation images, they take 2."""
+
+    def __init__(self, clock: VirtualClock, eval_s: float) -> None:
+        super().__init__()
+        self.clock, self.eval_s = clock, eval_s
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            self.clock.now += self.eval_s
+        return super().forward(x)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self.clock.now += self.eval_s
+        super().validation_step(batch, batch_idx)
+
+
+def test_a_validation_that_took_other_than_predicted_is_re_planned_after() -> None:
+    """The probe predicts 2.5 s a validation; they take 0.5 s. Planned to end 3 steps after the first validation
+    (too few for a re-check at half of them), the fit re-plans at the step after it and uses its budget."""
+    clock = VirtualClock(batch_s=1.6, val_s=0.0)  # 0.1 s a step; validations take what EvalClocked says
+    budget = clocked(TimeBudget(7, warmup_steps=2, measure_steps=5), clock)
+    trainer = quiet.trainer(accelerator="cpu", max_epochs=3, callbacks=[clock, budget], num_sanity_val_steps=0)
+    budget.start()
+    trainer.fit(EvalClocked(clock, eval_s=0.25), *loaders())
+    first, at_end, after, *_ = budget.history
+    assert first["val_s"] == pytest.approx(2.5) and first["steps"] == at_end["steps"] == 13  # 3 steps into epoch 1
+    assert after["step"] == 11 and after["val_s"] == pytest.approx(0.5) and after["steps"] > 13
+    assert 0.9 * 7 <= clock.now <= 7 and trainer.global_step == budget.plan.steps
 
 
 class SlowImages(Foreign):

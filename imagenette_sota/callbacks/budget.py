@@ -18,9 +18,10 @@ its length. What it does, and when (public trainer state only):
   ``schedule`` of a ``ProgressiveResize`` and of ``OneCycles`` among the callbacks (each stage and cycle keeps its
   share of the fit), and stretches the running ``OneCycleLR`` to its new end through its ``state_dict``
   (``budget.retime_one_cycle``): the learning rate goes on from where it is.
-- At each epoch's last batch, when a new image size's steps are first measured, and, once the plan's rest lies in
-  one epoch (which no epoch end re-checks), each time half of its steps left have run while more than
-  ``measure_steps`` would remain: a re-plan with what has been measured; what has run stays as it ran.
+- At each epoch's last batch, at the step after each validation (its measured seconds replace the prediction the plan
+  before it made), when a new image size's steps are first measured, and, once the plan's rest lies in one epoch
+  (which no epoch end re-checks), each time half of its steps left have run while more than ``measure_steps`` would
+  remain: a re-plan with what has been measured; what has run stays as it ran.
 - At the planned last step: ``trainer.should_stop``, so that the last epoch, which may stop early, is validated.
 - The plan and each re-plan go to the log and to the loggers (``budget/*`` scalars), and into checkpoints: a resumed
   fit goes on with the same plan, the time spent before counted.
@@ -148,6 +149,8 @@ class TimeBudget(Callback):
             return
         if self.plan is not None:
             trainer.fit_loop.epoch_loop.max_steps = self.plan.steps
+            # As a fit that had gone on would (its checkpoint follows a validation), and on this machine's speed.
+            self._session.update(recheck=trainer.global_step + 1, recheck_why=" (resumed)")
         configs = trainer.lr_scheduler_configs
         if not configs:
             rank_zero_info("TimeBudget: no learning-rate scheduler: the budget times the fit's steps only")
@@ -190,11 +193,12 @@ class TimeBudget(Callback):
             if last_batch or step - self._session["step"] >= self.warmup_steps + self.measure_steps:
                 self._measured.add(self._session["work"])  # the first plan has measured this size
                 self._time_validation(trainer, pl_module)
+                self._session["last"] = self.clock()  # the probe's seconds are not the next step's
                 self._replan(trainer, done, first=True)
         elif step < self.plan.steps and (last_batch or measured or step == self._session.get("recheck")):
             epoch = trainer.current_epoch
             why = f"at the end of epoch {epoch}" if last_batch else f"after {step} steps"
-            why += "" if last_batch else " (a new size measured)" if measured else " (half the last epoch's rest run)"
+            why += "" if last_batch else " (a new size measured)" if measured else self._session["recheck_why"]
             self._replan(trainer, done, first=False, why=why)
         if self.plan is not None and step >= self.plan.steps:
             trainer.should_stop = True  # stops after this batch's validation (Lightning validates a stopping fit)
@@ -218,6 +222,10 @@ class TimeBudget(Callback):
         seconds = self.clock() - start
         self._session["val"] = self._session.get("val", 0.0) + seconds
         self.val_s[self._val_work(trainer, self._nominal_epoch(trainer.current_epoch))] = seconds
+        if self.plan is not None and trainer.global_step < self.plan.steps:
+            # The plan that led here predicted this validation (from a probe or one before it): re-plan after the
+            # next step with what it took, or a plan whose rest is short would end on a stale prediction.
+            self._session.update(recheck=trainer.global_step + 1, recheck_why=" (a validation measured)")
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         """Give the other callbacks back their configured schedules."""
@@ -402,7 +410,8 @@ class TimeBudget(Callback):
         # measure_steps would be left to measure after it.
         left, rest = new.steps - step, [n - (done if i == 0 else 0) for i, n in enumerate(new.epoch_steps)]
         ending = sum(r > 0 for r in rest) == 1 and left - left // 2 > self.measure_steps
-        self._session["recheck"] = step + left // 2 if ending else None
+        half = step + left // 2 if ending else None
+        self._session.update(recheck=half, recheck_why=" (half the last epoch's rest run)")
 
     def _tail_s(self, costs: Costs) -> float:
         """Predicted seconds of what follows the last training step: the last validation and the final TTA."""
