@@ -24,7 +24,7 @@ its length. What it does, and when (public trainer state only):
   remain: a re-plan with what has been measured; what has run stays as it ran.
 - At the planned last step: ``trainer.should_stop``, so that the last epoch, which may stop early, is validated.
 - The plan and each re-plan go to the log and to the loggers (``budget/*`` scalars), and into checkpoints: a resumed
-  fit goes on with the same plan, the time spent before counted.
+  fit goes on with the same plan, the time spent before counted, and re-plans after its first step.
 - Under DDP rank 0 measures and plans, and every rank follows its plan (``strategy.broadcast``).
 
 The budget covers the clock's start to the end of the last validation and of the final TTA (``final_tta``, which the
