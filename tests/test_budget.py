@@ -99,11 +99,13 @@ def test_a_fit_ends_inside_its_budget_with_the_learning_rate_annealed(mini_dir: 
     assert trace.first_epoch_at(40) == plan.timeline.epoch_of(2) > 0
     assert {batch for _, _, size, batch in trace.steps if size == 40} == {24}
     # Planned once, re-planned at every epoch end after that and when the 40 px steps were first measured (the
-    # 6th batch of their first epoch: 1 unmeasured, 2 of warm-up, 3 measured); each predicted to end in the budget.
+    # 6th batch of their first epoch: 1 unmeasured, 2 of warm-up, 3 measured); each predicted to end in the budget,
+    # unless the cores slowed so late that not even one more step fits (then the plan is that step, flagged overrun).
     # (And inside the last epoch at the halves of its steps left, when this machine's speed leaves enough of them.)
     per_epoch = Counter(epoch for epoch, *_ in trace.steps)
     ends = set(accumulate(per_epoch[e] for e in sorted(per_epoch))) - {trainer.global_step}
-    assert ends <= {row["step"] for row in budget.history} and all(row["end_s"] <= 12 for row in budget.history)
+    assert ends <= {row["step"] for row in budget.history}
+    assert all(row["end_s"] <= 12 or (row["overrun"] and row["steps"] == row["step"] + 1) for row in budget.history)
     first_at_40 = next(i for i, (_, _, size, _) in enumerate(trace.steps) if size == 40)
     assert first_at_40 + 6 in [row["step"] for row in budget.history]
 
@@ -332,6 +334,21 @@ def test_a_validation_that_took_other_than_predicted_is_re_planned_after() -> No
     assert first["val_s"] == pytest.approx(2.5) and first["steps"] == at_end["steps"] == 13  # 3 steps into epoch 1
     assert after["step"] == 11 and after["val_s"] == pytest.approx(0.5) and after["steps"] > 13
     assert 0.9 * 7 <= clock.now <= 7 and trainer.global_step == budget.plan.steps
+
+
+def test_a_budget_spent_before_the_plan_ends_stops_after_one_more_step_annealed_and_says_so() -> None:
+    """The probe predicts no time for a validation (Instant's forward pass); it takes 3 s, past the budget of 2 s.
+    The re-plan after it can only end the fit: one more step, the learning rate annealed, flagged and warned."""
+    clock, trace = VirtualClock(batch_s=1.6, val_s=3.0), Trace()  # 0.1 s a step
+    budget = clocked(TimeBudget(2, warmup_steps=2, measure_steps=3), clock)
+    trainer = quiet.trainer(accelerator="cpu", max_epochs=3, callbacks=[clock, budget, trace], num_sanity_val_steps=0)
+    budget.start()
+    with pytest.warns(UserWarning, match="the budget of 2 s is overrun"):
+        trainer.fit(Instant(), *loaders())
+    *before, last = budget.history
+    assert before and not any(row["overrun"] for row in before) and before[-1]["steps"] > 12
+    assert last["overrun"] and last["step"] == 11 and last["steps"] == trainer.global_step == 12 and last["end_s"] > 2
+    assert trace.final_lr == pytest.approx(0.1 / 25 / 1e4)
 
 
 class SlowImages(Foreign):

@@ -462,7 +462,7 @@ class TimeBudget(Callback):
         # What the prediction rests on: a step now, and the fit's last validation.
         step_s = self.step_s.get(self._session.get("work", 0.0), 0.0)
         val_s = self._costs(trainer).val_s(self.nominal_epochs - 1)
-        row |= {"end_s": spent + new.seconds, "step_s": step_s, "val_s": val_s}
+        row |= {"end_s": spent + new.seconds, "step_s": step_s, "val_s": val_s, "overrun": float(new.overrun)}
         self.history.append(row)
         if not trainer.is_global_zero:
             return
