@@ -3,7 +3,8 @@ checkpoint commands (``classify``, ``export``, ``serve``: commands.py) under the
 
 ``fit``, ``validate`` and ``test`` are Lightning's; ``tta`` scores a checkpoint with test-time augmentation, and
 ``final_tta`` (a top-level key: ``final_tta: {mode: flip}``) does so at the end of a ``fit``, on the final weights
-(the averaged ones under ``EMAWeightAveraging``), inside the fit's wall time. Lightning's ``predict`` is not offered:
+(the averaged ones under ``EMAWeightAveraging``), inside the fit's wall time, its centre view the last
+validation's (``ValidationPredictions``: not predicted twice). Lightning's ``predict`` is not offered:
 ``classify`` is inference from the command line. Every run logs to TensorBoard
 (``lightning_logs/<trainer.logger.init_args.name>/version_N``) with a ``LearningRateMonitor`` (lr and momentum per
 step), ``TrainScalars`` (image size, batch size, images/s) and ``Inspection`` (images, confusion matrix, top
@@ -42,6 +43,7 @@ from imagenette_sota.callbacks.cycles import OneCycles
 from imagenette_sota.callbacks.inspection import Inspection
 from imagenette_sota.callbacks.scalars import TrainScalars
 from imagenette_sota.callbacks.summary import RunSummary
+from imagenette_sota.callbacks.tta import ValidationPredictions
 from imagenette_sota.callbacks.tta import tta as test_time_augmentation
 from imagenette_sota.checkpoint_io import check_ckpt_path
 from imagenette_sota.commands import COMMANDS
@@ -184,6 +186,8 @@ class ImagenetteCLI(LightningCLI):
             trainer.callbacks.append(TimeBudget(config["budget"]))
         for budget in (c for c in trainer.callbacks if isinstance(c, TimeBudget) and c.final_tta is None):
             budget.final_tta = config.get("final_tta")  # what follows the fit is inside the budget
+        if self.subcommand == "fit" and config.get("final_tta") is not None:
+            trainer.callbacks.append(ValidationPredictions())  # the final TTA's centre view: the last validation's
         trainer.callbacks.append(RunSummary(self.model, self.datamodule))
         return trainer
 
@@ -212,17 +216,28 @@ class ImagenetteCLI(LightningCLI):
         if settings is not None and self.trainer.fast_dev_run:  # it predicts one batch: TTA needs every image
             rank_zero_info("final_tta skipped: fast_dev_run predicts one batch, TTA scores every validation image")
         elif settings is not None:
-            self.final_tta = final_tta(self.trainer, self.model, self.datamodule, settings)
+            recorded = next((c for c in self.trainer.callbacks if isinstance(c, ValidationPredictions)), None)
+            centre = recorded.centre_for(self.model, self.datamodule) if recorded else None
+            if centre is None:
+                rank_zero_info("final_tta: the centre view is predicted again (the last validation's does not apply)")
+            self.final_tta = final_tta(self.trainer, self.model, self.datamodule, settings, centre)
             if self.trainer.is_global_zero:
                 print(f"final_tta ({settings.mode}) acc={self.final_tta['acc']:.4f} in {self.final_tta['s']:.1f} s")
 
 
 def final_tta(
-    trainer: L.Trainer, model: L.LightningModule, datamodule: L.LightningDataModule, settings: TTASettings
+    trainer: L.Trainer,
+    model: L.LightningModule,
+    datamodule: L.LightningDataModule,
+    settings: TTASettings,
+    centre: dict[str, Tensor] | None = None,
 ) -> dict[str, float]:
-    """Timed TTA after a fit: {"acc", "s" (the seconds it took), "end" (``time.perf_counter()`` at its end)}."""
+    """Timed TTA after a fit: {"acc", "s" (the seconds it took), "end" (``time.perf_counter()`` at its end)}.
+
+    centre: the last validation's centre-view predictions (``ValidationPredictions.centre_for``), not predicted again.
+    """
     start = time.perf_counter()
-    probs, targets = test_time_augmentation(trainer, model, datamodule, settings)
+    probs, targets = test_time_augmentation(trainer, model, datamodule, settings, centre)
     end = time.perf_counter()
     return {"acc": (probs.argmax(1) == targets).float().mean().item(), "s": end - start, "end": end}
 

@@ -27,7 +27,7 @@ import yaml
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from imagenette_sota import quiet
-from imagenette_sota.callbacks import ProgressiveResize, Stage, TrainScalars, tta
+from imagenette_sota.callbacks import ProgressiveResize, Stage, TrainScalars, ValidationPredictions, tta
 from imagenette_sota.checkpoint_io import AtomicCheckpointIO
 from imagenette_sota.data import ImagenetteDataModule
 from imagenette_sota.models import XResNet
@@ -110,6 +110,27 @@ class Count(Callback):
         pl_module.log(name, n, on_step=False, on_epoch=True, reduce_fx="sum", sync_dist=True, batch_size=1)
 
 
+class Centre(Callback):
+    """Listed after a ValidationPredictions: logs the rows it gathered, their accuracy and an order-sensitive sum."""
+
+    def __init__(self, recorder: ValidationPredictions) -> None:
+        self.recorder = recorder
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        plain, targets = self.recorder.result["plain"], self.recorder.result["targets"]
+        for name, value in centre_figures(plain, targets).items():
+            pl_module.log(f"centre/{name}", value)
+
+
+def centre_figures(plain: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+    """Rows, accuracy, and the probabilities weighted by their row number (a row out of place changes it)."""
+    weights = torch.arange(1, len(plain) + 1, dtype=torch.float64)[:, None]
+    accuracy = (plain.argmax(1) == targets).double().mean().item()
+    return {"rows": float(len(plain)), "acc": accuracy, "sum": (plain.double() * weights).sum().item()}
+
+
 class ListedIO(AtomicCheckpointIO):
     """AtomicCheckpointIO that also appends "<pid> <path>" to ``listing`` for every save."""
 
@@ -128,6 +149,7 @@ def test_ddp_fit_validation_accuracy_is_exact(odd_dir: Path, tmp_path: Path) -> 
     model = ImagenetteClassifier(backbone=tiny_xresnet, num_classes=10, cycle=Cycle(1e-2))
     dm = imagenette(odd_dir)
     checkpoints, listing = tmp_path / "ckpt", tmp_path / "saves.txt"
+    recorder = ValidationPredictions()
     trainer = quiet.trainer(
         max_epochs=1,
         enable_checkpointing=True,  # the checkpoint writes are under test
@@ -137,6 +159,8 @@ def test_ddp_fit_validation_accuracy_is_exact(odd_dir: Path, tmp_path: Path) -> 
             FinalLR(),
             Count(),
             ModelCheckpoint(checkpoints, filename="{epoch}", save_last=True),
+            recorder,
+            Centre(recorder),
         ],
         plugins=[ListedIO(listing)],
         **DDP,
@@ -160,6 +184,11 @@ def test_ddp_fit_validation_accuracy_is_exact(odd_dir: Path, tmp_path: Path) -> 
     assert ddp_acc * 99 == pytest.approx(round(ddp_acc * 99), abs=1e-4)  # counted over 99 images, not 100
     one = quiet.trainer(accelerator="cpu", devices=1).validate(model, datamodule=dm, verbose=False)[0]
     assert one["val/acc"] == pytest.approx(ddp_acc, abs=1e-6)
+    # Every rank gathered the validation's centre view of all 99 images in dataset order (for a final TTA).
+    plain, targets = tta(quiet.trainer(accelerator="cpu", devices=1), model, dm, TTASettings(n=0))
+    expected = centre_figures(plain, targets)
+    assert metrics["centre/rows"].item() == 99 and metrics["centre/acc"].item() == pytest.approx(ddp_acc, abs=1e-6)
+    assert metrics["centre/sum"].item() == pytest.approx(expected["sum"], rel=1e-5)
     # A 2-process validation (ddp_fork: no re-import per process) counts the same 99 images to the same metrics.
     with deadline(TIMEOUT):
         two_ranks = quiet.trainer(callbacks=[Count()], **{**DDP, "strategy": "ddp_fork"})

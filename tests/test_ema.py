@@ -14,7 +14,7 @@ import yaml
 from lightning.pytorch.callbacks import Callback, EMAWeightAveraging
 
 from imagenette_sota import quiet
-from imagenette_sota.callbacks import OneCycles, ProgressiveResize, Stage, tta
+from imagenette_sota.callbacks import OneCycles, ProgressiveResize, Stage, ValidationPredictions, tta
 from imagenette_sota.cli import cli
 from imagenette_sota.data import ImagenetteDataModule
 from imagenette_sota.models import XResNet
@@ -91,6 +91,9 @@ def test_cli_fit_with_ema_from_yaml_and_final_flip_tta(mini_dir: Path, tmp_path:
     run = cli(["fit", "--config", str(path)])
     assert any(isinstance(c, EMAWeightAveraging) for c in run.trainer.callbacks)
     assert set(run.final_tta) == {"acc", "s", "end"} and run.final_tta["s"] > 0
-    # The configured mode on the weights the fit ended with (EMA's average, already swapped in): flip TTA's score.
+    # Its centre view was the last validation's, run on the average (swapped in for it) that the fit ended with ...
+    recorded = next(c for c in run.trainer.callbacks if isinstance(c, ValidationPredictions))
+    assert recorded.centre_for(run.model, run.datamodule) is not None
+    # ... so it scores as the configured mode on those weights does when it predicts every view: flip TTA's score.
     probs, targets = tta(run.trainer, run.model, run.datamodule, TTASettings(mode="flip"))
     assert run.final_tta["acc"] == pytest.approx((probs.argmax(1) == targets).float().mean().item(), abs=1e-7)

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import pytest
 import torch
+from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from imagenette_sota import quiet, seeds
-from imagenette_sota.callbacks import tta
+from imagenette_sota.callbacks import ValidationPredictions, tta
 from imagenette_sota.data import ImagenetteDataModule
 from imagenette_sota.data.dataset import CropViews, PresizedImages
 from imagenette_sota.models import XResNet
+from imagenette_sota.module import ImagenetteClassifier
 from imagenette_sota.tta import TTASettings, combine
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -211,3 +214,71 @@ def test_combine_equals_fastai_learner_tta(beta: float, use_max: bool) -> None:
     probs = table.softmax(-1)
     ours = combine(probs[n], list(probs[:n]), beta, use_max)
     torch.testing.assert_close(ours, theirs)
+
+
+class Images(Callback):
+    """Counts the images each forward pass of a module sees (a hook on it)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.seen = 0
+        module.register_forward_hook(lambda _, args, out: setattr(self, "seen", self.seen + len(args[0])))
+
+
+@pytest.fixture(scope="module")
+def fitted(mini_dir: Path) -> tuple[L.Trainer, ImagenetteClassifier, ImagenetteDataModule, ValidationPredictions]:
+    """A tiny classifier after 2 steps and a validation of the mini archive's 100 images, recorded (and its accuracy
+    kept in ``recorder.accuracy``: a predict loop resets the Trainer's metrics)."""
+    torch.manual_seed(0)
+    model = ImagenetteClassifier(backbone=partial(XResNet, layers=[1, 1, 1, 1], widen=0.25), num_classes=10)
+    dm = ImagenetteDataModule(root=mini_dir, presize=48, train_size=32, val_size=40, batch_size=16, num_workers=0)
+    recorder = ValidationPredictions()
+    trainer = quiet.trainer(accelerator="cpu", max_epochs=1, limit_train_batches=2, callbacks=[recorder])
+    trainer.fit(model, dm)
+    recorder.accuracy = trainer.callback_metrics["val/acc"].item()
+    return trainer, model, dm, recorder
+
+
+def test_a_tta_after_a_fit_takes_its_centre_view_from_the_last_validation(fitted: Any) -> None:
+    trainer, model, dm, recorder = fitted
+    flip, images = TTASettings(mode="flip"), Images(model.model)
+    full, targets = tta(trainer, model, dm, flip)
+    assert images.seen == 200  # the centre and the mirrored view of each of the 100 images
+    centre = recorder.centre_for(model, dm)
+    assert centre is not None and torch.equal(centre["targets"], targets)
+    plain = tta(trainer, model, dm, TTASettings(n=0))[0]
+    torch.testing.assert_close(centre["plain"], plain)  # the validation's predictions, in dataset order
+    accuracy = (plain.argmax(1) == targets).float().mean().item()
+    assert accuracy == pytest.approx(recorder.accuracy, abs=1e-7)
+    images.seen = 0
+    reused, again = tta(trainer, model, dm, flip, centre=centre)
+    assert images.seen == 100 and torch.equal(again, targets)  # the mirrored view only
+    torch.testing.assert_close(reused, full)
+
+
+def test_the_centre_view_is_predicted_again_when_the_weights_or_the_size_changed(fitted: Any) -> None:
+    trainer, model, dm, recorder = fitted
+    assert recorder.centre_for(model, dm) is not None
+    weight = next(model.parameters())
+    kept = weight.detach().clone()
+    with torch.no_grad():
+        weight[0].add_(1e-3)
+    assert recorder.centre_for(model, dm) is None
+    with torch.no_grad():
+        weight.copy_(kept)
+    assert recorder.centre_for(model, dm) is not None
+    other = ImagenetteDataModule(root=dm.root, presize=48, train_size=32, val_size=32, batch_size=16)
+    assert recorder.centre_for(model, other) is None
+    with pytest.raises(ValueError, match="its targets are not the predict set's"):
+        shuffled = recorder.centre_for(model, dm) | {"targets": recorder.result["targets"].roll(1)}
+        tta(trainer, model, dm, TTASettings(mode="flip"), centre=shuffled)
+
+
+def test_a_validation_of_part_of_the_images_is_not_recorded(mini_dir: Path) -> None:
+    model = ImagenetteClassifier(backbone=partial(XResNet, layers=[1, 1, 1, 1], widen=0.25), num_classes=10)
+    dm = ImagenetteDataModule(root=mini_dir, presize=48, train_size=32, batch_size=16, num_workers=0)
+    recorder = ValidationPredictions()
+    trainer = quiet.trainer(
+        accelerator="cpu", max_epochs=1, limit_train_batches=1, limit_val_batches=0.5, callbacks=[recorder]
+    )
+    trainer.fit(model, dm)
+    assert recorder.result is None and recorder.centre_for(model, dm) is None

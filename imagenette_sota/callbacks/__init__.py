@@ -6,7 +6,7 @@ from imagenette_sota.callbacks.inspection import Inspection
 from imagenette_sota.callbacks.lr_finder import LRFinder
 from imagenette_sota.callbacks.progressive import ProgressiveResize, Ramp, Stage
 from imagenette_sota.callbacks.scalars import TrainScalars
-from imagenette_sota.callbacks.tta import GatherPredictions, TTAPredictor, tta
+from imagenette_sota.callbacks.tta import GatherPredictions, TTAPredictor, ValidationPredictions, tta
 
 __all__ = [
     "GatherPredictions",
@@ -19,5 +19,6 @@ __all__ = [
     "TTAPredictor",
     "TimeBudget",
     "TrainScalars",
+    "ValidationPredictions",
     "tta",
 ]

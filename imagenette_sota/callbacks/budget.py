@@ -28,8 +28,9 @@ its length. What it does, and when (public trainer state only):
 - Under DDP rank 0 measures and plans, and every rank follows its plan (``strategy.broadcast``).
 
 The budget covers the clock's start to the end of the last validation and of the final TTA (``final_tta``, which the
-CLI gives it). Those two run after the last re-plan, so a drift in the machine's speed then cannot be re-timed: each
-plan keeps ``tail_margin`` of their predicted seconds back, beside ``margin`` of the budget. The module must step one
+CLI gives it; planned without its centre view, which the CLI takes from the last validation: ``ValidationPredictions``).
+Those two run after the last re-plan, so a drift in the machine's speed then cannot be re-timed: each plan keeps
+``tail_margin`` of their predicted seconds back, beside ``margin`` of the budget. The module must step one
 ``OneCycleLR`` per optimizer step (or have no scheduler): another scheduler is refused when training starts.
 """
 
@@ -77,7 +78,8 @@ class TimeBudget(Callback):
         margin: share of the budget kept back for what was not measured.
         tail_margin: share of the last validation's and the final TTA's predicted seconds kept back (they follow the
             last re-plan: what they take beyond the prediction cannot be made up).
-        final_tta: the TTA that follows the fit (the CLI's ``final_tta``), planned for.
+        final_tta: the TTA that follows the fit (the CLI's ``final_tta``), planned for: its views but the centre
+            one, which the last validation predicted (the CLI's final TTA takes it from there).
         """
         self.budget, self.seconds = budget, parse_duration(budget)
         check_numbers(
@@ -374,9 +376,15 @@ class TimeBudget(Callback):
             step_s=lambda k: step_seconds(self.step_s, work(k)),
             val_s=val_s,
             epoch_s=self.epoch_s["start"] + self.epoch_s["end"],
-            final_s=(self.final_tta.passes if self.final_tta else 0) * val_s(last),
+            final_s=self._final_passes(every) * val_s(last),
             val_every=every,
         )
+
+    def _final_passes(self, val_every: int) -> int:
+        """Passes of the final TTA over the validation images: its centre view is the last validation's, if any."""
+        if self.final_tta is None:
+            return 0
+        return self.final_tta.passes - (1 if val_every and self.final_tta.passes > 1 else 0)
 
     @staticmethod
     def _val_images(trainer: L.Trainer) -> float:
