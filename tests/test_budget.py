@@ -306,20 +306,21 @@ def test_each_plan_keeps_back_a_share_of_the_last_validation_and_the_final_tta()
 
 
 class EvalClocked(Instant):
-    """Instant, whose forward pass outside training (the first plan's probe) and each validation batch take
-    ``eval_s`` on ``clock``: the probe of 16 images predicts 10 of them for 160 validation images, they take 2."""
+    """Instant, whose forward pass outside training (the first plan's probe of validation batches) takes ``forward_s``
+    on ``clock``, and each validation batch ``step_s``: the probe's two timed batches of 80 (of 160) predict 2 of
+    ``forward_s``, a validation takes 2 of ``step_s``."""
 
-    def __init__(self, clock: VirtualClock, eval_s: float) -> None:
+    def __init__(self, clock: VirtualClock, forward_s: float, step_s: float) -> None:
         super().__init__()
-        self.clock, self.eval_s = clock, eval_s
+        self.clock, self.forward_s, self.step_s = clock, forward_s, step_s
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
-            self.clock.now += self.eval_s
+            self.clock.now += self.forward_s
         return super().forward(x)
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self.clock.now += self.eval_s
+        self.clock.now += self.step_s
         super().validation_step(batch, batch_idx)
 
 
@@ -327,14 +328,14 @@ def test_a_validation_that_took_other_than_predicted_is_re_planned_after() -> No
     """The probe predicts 2.5 s a validation; they take 0.5 s. Planned to end 3 steps after the first validation
     (too few for a re-check at half of them), the fit re-plans at the step after it and uses its budget."""
     clock = VirtualClock(batch_s=1.6, val_s=0.0)  # 0.1 s a step; validations take what EvalClocked says
-    budget = clocked(TimeBudget(7, warmup_steps=2, measure_steps=5), clock)
+    budget = clocked(TimeBudget(9.1, warmup_steps=2, measure_steps=5), clock)
     trainer = quiet.trainer(accelerator="cpu", max_epochs=3, callbacks=[clock, budget], num_sanity_val_steps=0)
     budget.start()
-    trainer.fit(EvalClocked(clock, eval_s=0.25), *loaders())
+    trainer.fit(EvalClocked(clock, forward_s=1.25, step_s=0.25), *loaders())
     first, at_end, after, *_ = budget.history
     assert first["val_s"] == pytest.approx(2.5) and first["steps"] == at_end["steps"] == 13  # 3 steps into epoch 1
     assert after["step"] == 11 and after["val_s"] == pytest.approx(0.5) and after["steps"] > 13
-    assert 0.9 * 7 <= clock.now <= 7 and trainer.global_step == budget.plan.steps
+    assert 0.9 * 9.1 <= clock.now <= 9.1 and trainer.global_step == budget.plan.steps
 
 
 def test_a_budget_spent_before_the_plan_ends_stops_after_one_more_step_annealed_and_says_so() -> None:
@@ -364,10 +365,10 @@ class SlowImages(Foreign):
         super().validation_step(batch, batch_idx)
 
 
-@pytest.mark.parametrize(("sanity", "expected"), [(0, 0.05 * 160 / 16), (2, 0.03 * 160 / 80)])
+@pytest.mark.parametrize(("sanity", "expected"), [(0, 0.05 * 160 / 80), (2, 0.03 * 160 / 80)])
 def test_the_first_plan_times_a_validation_before_any_has_run(sanity: int, expected: float) -> None:
-    """No sanity check: a forward pass of a training batch's size (16 of the 160 validation images); with one:
-    its second batch (80 images a batch). The model trains on in training mode."""
+    """No sanity check: the validation loader's second batch through the forward pass (80 images a batch); with one:
+    the sanity check's second batch. The model trains on in training mode."""
     budget, seen = TimeBudget(5, warmup_steps=2, measure_steps=3), {}
 
     class Snapshot(Callback):

@@ -12,12 +12,12 @@ its length. What it does, and when (public trainer state only):
   plan. Measured: seconds per step by training image size and batch size (not the first steps of a fit, of a size,
   or of an epoch: compilation, cuDNN tuning and loader start are inside the budget but not the measurement),
   seconds per validation by validation size, and per-epoch overheads; a size not yet run is predicted from those
-  run (``budget.step_seconds``); a validation not yet run from a forward pass of the model on a batch of the
-  validation's shape, timed before the first plan (the training speed misjudges inference: no backward, other
-  kernels). The plan sets the Trainer's ``fit_loop.max_epochs`` and ``fit_loop.epoch_loop.max_steps``, re-times the
-  ``schedule`` of a ``ProgressiveResize`` and of ``OneCycles`` among the callbacks (each stage and cycle keeps its
-  share of the fit), and stretches the running ``OneCycleLR`` to its new end through its ``state_dict``
-  (``budget.retime_one_cycle``): the learning rate goes on from where it is.
+  run (``budget.step_seconds``); a validation not yet run from the validation loader's first batches, loaded,
+  transformed and predicted before the first plan (the training speed misjudges inference: no backward, other
+  kernels, another batch size). The plan sets the Trainer's ``fit_loop.max_epochs`` and
+  ``fit_loop.epoch_loop.max_steps``, re-times the ``schedule`` of a ``ProgressiveResize`` and of ``OneCycles`` among
+  the callbacks (each stage and cycle keeps its share of the fit), and stretches the running ``OneCycleLR`` to its
+  new end through its ``state_dict`` (``budget.retime_one_cycle``): the learning rate goes on from where it is.
 - At each epoch's last batch, at the step after each validation (its measured seconds replace the prediction the plan
   before it made), when a new image size's steps are first measured, and, once the plan's rest lies in one epoch
   (which no epoch end re-checks), each time half of its steps left have run while more than ``measure_steps`` would
@@ -55,6 +55,7 @@ from imagenette_sota.schedule import epoch_steps
 from imagenette_sota.tta import TTASettings
 
 FORWARD_SHARE = 1 / 3  # a forward pass is about a third of a training step's arithmetic (forward + backward)
+PROBE_BATCHES = 2  # validation batches timed before the first plan, after one untimed
 
 
 class TimeBudget(Callback):
@@ -297,9 +298,10 @@ class TimeBudget(Callback):
 
     def _time_validation(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Seconds of a validation, before any has run (rank 0): the sanity check's batches after its first, where
-        it ran two or more; else one forward pass of a batch of the validation's shape, timed after one untimed, in
-        the Trainer's precision context (the loader's time not counted; a module whose forward takes no image batch
-        keeps the prediction from the training speed)."""
+        it ran two or more; else the validation loader's first batches as a validation runs them (loaded, moved to
+        the device, through the data module's ``val_transform`` if it has one, and the module's forward pass in the
+        Trainer's precision context), timed from the first one's end: its loader start is no batch's cost. A module
+        whose forward takes no such batch keeps the prediction from the training speed."""
         images = self._val_images(trainer)
         if self.val_s or not images or not trainer.is_global_zero or trainer.limit_val_batches == 0:
             return
@@ -309,28 +311,35 @@ class TimeBudget(Callback):
             self.val_s[self._val_work(trainer, 0)] = predicted = batch_s * math.ceil(images / loader.batch_size)
             rank_zero_info(f"TimeBudget: a validation predicted at {predicted:.1f} s (from the sanity check)")
             return
-        work = self._val_work(trainer, self.nominal_epochs - 1)
-        side, batch = math.isqrt(int(work)), self._shape(trainer, 0)[1]
-        x = torch.zeros(min(batch, math.ceil(images)), 3, side, side, device=pl_module.device)
-        training, seconds = pl_module.training, []
+        if loader is None:
+            loader = trainer.datamodule.val_dataloader()  # not yet the Trainer's: _val_images counted this one
+        transform = getattr(trainer.datamodule, "val_transform", None)
+        ends, training, start = [], pl_module.training, self.clock()
         pl_module.eval()
         try:
             with torch.no_grad(), trainer.precision_plugin.forward_context():
-                for _ in range(2):
-                    _synchronize(x.device)
-                    start = self.clock()
+                for batch in loader:
+                    x = (batch[0] if isinstance(batch, (list, tuple)) else batch).to(pl_module.device)
+                    x = transform(x) if transform is not None else x
                     pl_module(x)
                     _synchronize(x.device)
-                    seconds.append(self.clock() - start)
-        except (TypeError, ValueError, RuntimeError) as err:
+                    ends.append(self.clock())
+                    if len(ends) > PROBE_BATCHES:
+                        break
+        except (TypeError, ValueError, RuntimeError, AttributeError) as err:
             rank_zero_info(f"TimeBudget: validation predicted from the training speed ({type(err).__name__}: {err})")
             return
         finally:
             pl_module.train(training)
-        self.val_s[work] = seconds[-1] * images / len(x)
+        if not ends:
+            return
+        batch_s = (ends[-1] - ends[0]) / (len(ends) - 1) if len(ends) > 1 else ends[0] - start
+        batches = math.ceil(images / (getattr(loader, "batch_size", None) or len(x)))
+        work = self._val_work(trainer, self._nominal_epoch(trainer.current_epoch))  # the transform's size now
+        self.val_s[work] = predicted = batch_s * batches
         rank_zero_info(
-            f"TimeBudget: a validation at {side} px predicted at {self.val_s[work]:.1f} s (a forward pass of "
-            f"{len(x)} images: {seconds[-1]:.2f} s)"
+            f"TimeBudget: a validation at {math.isqrt(int(work))} px predicted at {predicted:.1f} s ({batches} "
+            f"batches of {len(x)} images, {batch_s:.2f} s each as its first {len(ends)} ran)"
         )
 
     def _nominal_epoch(self, epoch: int) -> int:
